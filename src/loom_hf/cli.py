@@ -1,0 +1,69 @@
+"""`loom` command line: convert a BAGEL release into a Hugging Face pipeline folder."""
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _image_size(values: list[str]) -> tuple[int, int, int]:
+    return tuple(int(v) for v in values)
+
+
+def convert_bagel(args: argparse.Namespace) -> int:
+    """Write the release as a pipeline folder: first into a temporary sibling, renamed into place at the end."""
+    from .pipelines import LoomInterleavedPipeline
+
+    destination = Path(args.dst)
+    if destination.exists() and not args.overwrite:
+        raise SystemExit(f"error: destination {str(destination)!r} exists; pass --overwrite to replace it.")
+    pipe = LoomInterleavedPipeline.from_bagel(
+        args.src,
+        vae_image_size=_image_size(args.vae_image_size),
+        vit_image_size=_image_size(args.vit_image_size),
+        dtype=DTYPES[args.dtype],
+        timestep_shift=args.timestep_shift,
+    )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        pipe.save_pretrained(staging, max_shard_size=args.max_shard_size)
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"Wrote {destination}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loom", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert-bagel", help="Convert an official BAGEL release folder to a pipeline.")
+    convert.add_argument("src", help="release folder (llm_config.json, vit_config.json, ema/ae.safetensors, tokenizer)")
+    convert.add_argument("dst", help="output folder (written atomically)")
+    convert.add_argument("--vae-image-size", nargs=3, default=["1024", "512", "16"], metavar=("MAX", "MIN", "STRIDE"))
+    convert.add_argument("--vit-image-size", nargs=3, default=["980", "224", "14"], metavar=("MAX", "MIN", "STRIDE"))
+    convert.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype (auto: as stored)")
+    convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    convert.add_argument("--timestep-shift", type=float, default=3.0, help="default sampling shift (BAGEL: 3.0)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    convert.set_defaults(handler=convert_bagel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

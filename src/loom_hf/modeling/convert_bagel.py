@@ -1,0 +1,249 @@
+"""Load an official BAGEL release folder (`ByteDance-Seed/BAGEL-7B-MoT` layout) as Loom components.
+
+The release holds `llm_config.json` (a plain Qwen2 config), `vit_config.json` (a plain SigLIP config naming one layer
+more than the weights hold), `ema.safetensors` (all weights, official key names), `ae.safetensors` (the FLUX
+autoencoder in BFL key layout, `ae_config.json` only for non-FLUX sizes) and the Qwen2 tokenizer. Grid sizes and
+layer counts are read from tensor shapes; every release tensor is either loaded or, for the two fixed sin-cos tables,
+checked against the formula the model recomputes.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, GenerationConfig
+
+from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
+from .image_processing_loom import LoomImageProcessor
+from .modeling_loom import LoomForInterleavedGeneration, LoomPositionTable
+from .processing_loom import LoomProcessor
+
+__all__ = ["load_bagel_release", "FLUX_AE_DEFAULTS", "REQUIRED_RELEASE_FILES"]
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_RELEASE_FILES = ("llm_config.json", "vit_config.json", "ema.safetensors", "ae.safetensors")
+FLUX_AE_DEFAULTS = {
+    "resolution": 256,
+    "in_channels": 3,
+    "downsample": 8,
+    "ch": 128,
+    "out_ch": 3,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "z_channels": 16,
+    "scale_factor": 0.3611,
+    "shift_factor": 0.1159,
+}
+# BAGEL constants that its entry points hard-code rather than store.
+LATENT_PATCH_SIZE = 2
+CONNECTOR_ACT = "gelu_pytorch_tanh"
+
+# Release key prefix -> Loom key prefix. The two sin-cos tables are handled separately.
+KEY_RENAMES = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vit_model.vision_model.", "model.vision_model."),
+    ("connector.", "model.connector."),
+    ("time_embedder.mlp.0.", "model.time_embedder.embedding.linear_1."),
+    ("time_embedder.mlp.2.", "model.time_embedder.embedding.linear_2."),
+    ("vae2llm.", "model.vae2llm."),
+    ("llm2vae.", "llm2vae."),
+)
+POSITION_TABLES = ("vit_pos_embed.pos_embed", "latent_pos_embed.pos_embed")
+
+
+def check_release_folder(release_dir: str | os.PathLike) -> Path:
+    """Raise a clear error when the folder or one of its required files is missing."""
+    path = Path(release_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"`release_dir` {str(path)!r} is not a folder.")
+    missing = [name for name in REQUIRED_RELEASE_FILES if not (path / name).is_file()]
+    has_tokenizer = (path / "tokenizer.json").is_file() or (
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    )
+    if not has_tokenizer:
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if missing:
+        pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = f" Only safetensors are read; found pickled files {pickled}." if pickled else ""
+        raise FileNotFoundError(f"The BAGEL release folder {str(path)!r} is missing {', '.join(missing)}.{hint}")
+    return path
+
+
+def _square_side(rows: int, name: str) -> int:
+    side = math.isqrt(rows)
+    if side * side != rows:
+        raise ValueError(f"`{name}` has {rows} rows, not a square grid.")
+    return side
+
+
+def _build_text_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> LoomTextConfig:
+    raw = json.loads((path / "llm_config.json").read_text())
+    fields = {k: v for k, v in raw.items() if k in LoomTextConfig.__dataclass_fields__ or k == "rope_theta"}
+    fields.update(qk_norm=True, tie_word_embeddings=False)
+    config = LoomTextConfig(**fields)
+    layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"language_model\.model\.layers\.(\d+)\.", k)))
+    if layers != config.num_hidden_layers:
+        raise ValueError(f"llm_config.json names {config.num_hidden_layers} layers but ema.safetensors holds {layers}.")
+    return config
+
+
+def _build_vision_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> LoomVisionConfig:
+    raw = json.loads((path / "vit_config.json").read_text())
+    fields = {k: v for k, v in raw.items() if k in LoomVisionConfig.__dataclass_fields__ and k != "model_type"}
+    layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"vit_model\..*\.layers\.(\d+)\.", k)))
+    if layers != fields.get("num_hidden_layers", layers) - 1:
+        logger.warning(
+            "vit_config.json names %s layers; BAGEL drops the last one, but ema.safetensors holds %s. Using %s.",
+            fields.get("num_hidden_layers"),
+            layers,
+            layers,
+        )
+    positions = shapes["vit_model.vision_model.embeddings.position_embedding.weight"][0]
+    fields.update(
+        num_hidden_layers=layers,
+        max_num_patches_per_side=_square_side(positions, "position_embedding"),
+        vision_use_head=False,
+    )
+    return LoomVisionConfig(**fields)
+
+
+def _rename(key: str) -> str:
+    for old, new in KEY_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise KeyError(f"ema.safetensors holds a key no Loom parameter matches: {key!r}")
+
+
+def _load_model(path: Path, config: LoomConfig, dtype: torch.dtype | None) -> LoomForInterleavedGeneration:
+    """Build the model without allocating random weights, then assign every release tensor."""
+    with init_empty_weights(include_buffers=False):
+        model = LoomForInterleavedGeneration(config)
+    state = {}
+    with safe_open(path / "ema.safetensors", framework="pt") as release:
+        for key in release.keys():
+            tensor = release.get_tensor(key)
+            if dtype is not None:
+                tensor = tensor.to(dtype)
+            if key in POSITION_TABLES:
+                side = _square_side(tensor.shape[0], key)
+                expected = LoomPositionTable.compute(side, tensor.shape[1])
+                if not torch.allclose(tensor.float(), expected, atol=1e-2 if tensor.dtype != torch.float32 else 1e-5):
+                    raise ValueError(f"`{key}` is not BAGEL's 2D sin-cos table; this release layout is not supported.")
+                continue
+            if key.endswith("patch_embedding.weight") and tensor.ndim == 4:
+                # A convolution kernel [out, C, kh, kw] becomes the linear layout over (kh, kw, C) patches.
+                tensor = tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
+            state[_rename(key)] = tensor
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"ema.safetensors does not match the model: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}."
+        )
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def _vae_diffusers_config(ae: dict) -> dict:
+    levels = len(ae["ch_mult"])
+    return {
+        "in_channels": ae["in_channels"],
+        "out_channels": ae["out_ch"],
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": [ae["ch"] * m for m in ae["ch_mult"]],
+        "layers_per_block": ae["num_res_blocks"],
+        "latent_channels": ae["z_channels"],
+        "norm_num_groups": 32,
+        "sample_size": 1024,
+        "scaling_factor": ae["scale_factor"],
+        "shift_factor": ae["shift_factor"],
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "mid_block_add_attention": True,
+        "force_upcast": True,
+    }
+
+
+def _load_vae(path: Path, dtype: torch.dtype | None) -> tuple[AutoencoderKL, dict]:
+    """The FLUX autoencoder of the release as a diffusers `AutoencoderKL` (BFL keys converted)."""
+    config_file = path / "ae_config.json"
+    ae = {**FLUX_AE_DEFAULTS, **(json.loads(config_file.read_text()) if config_file.is_file() else {})}
+    config = _vae_diffusers_config(ae)
+    checkpoint = load_file(path / "ae.safetensors")
+    converted = convert_ldm_vae_checkpoint(checkpoint, config)
+    if len(converted) != len(checkpoint):
+        raise ValueError(f"ae.safetensors has {len(checkpoint)} tensors but only {len(converted)} were converted.")
+    vae = AutoencoderKL(**config)
+    vae.load_state_dict(converted, strict=True)
+    if dtype is not None:
+        vae.to(dtype)
+    return vae.eval(), ae
+
+
+def load_bagel_release(
+    release_dir: str | os.PathLike,
+    vae_image_size: tuple[int, int, int] = (1024, 512, 16),
+    vit_image_size: tuple[int, int, int] = (980, 224, 14),
+    dtype: torch.dtype | None = None,
+) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
+    """Model, VAE and processor of a BAGEL release folder.
+
+    Args:
+        release_dir: folder in the `ByteDance-Seed/BAGEL-7B-MoT` layout.
+        vae_image_size / vit_image_size: (max side, min side, stride) of the two image paths.
+        dtype: cast the weights (default: as stored; the release is bfloat16).
+    """
+    path = check_release_folder(release_dir)
+    with safe_open(path / "ema.safetensors", framework="pt") as release:
+        shapes = {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
+    missing_heads = [k for k in ("vae2llm.weight", "latent_pos_embed.pos_embed") if k not in shapes]
+    if missing_heads:
+        raise ValueError(f"ema.safetensors lacks the generation heads {missing_heads}; an understanding-only release?")
+
+    vae, ae = _load_vae(path, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    processor = LoomProcessor(LoomImageProcessor(vae_image_size, vit_image_size), tokenizer)
+    text_config = _build_text_config(path, shapes)
+    if len(processor.tokenizer) > text_config.vocab_size:
+        raise ValueError(f"The tokenizer has {len(processor.tokenizer)} tokens but the model {text_config.vocab_size}.")
+    vision_config = _build_vision_config(path, shapes)
+    if vision_config.patch_size != processor.image_processor.patch_size:
+        raise ValueError(
+            f"`vit_image_size` stride {processor.image_processor.patch_size} must equal the ViT patch size "
+            f"{vision_config.patch_size}."
+        )
+    latent_dim = shapes["vae2llm.weight"][1]
+    if latent_dim != LATENT_PATCH_SIZE**2 * ae["z_channels"]:
+        raise ValueError(f"vae2llm takes {latent_dim} inputs, not {LATENT_PATCH_SIZE}²×{ae['z_channels']} latents.")
+    config = LoomConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        latent_channels=ae["z_channels"],
+        latent_patch_size=LATENT_PATCH_SIZE,
+        vae_downsample=2 ** (len(ae["ch_mult"]) - 1),
+        max_latent_size=_square_side(shapes["latent_pos_embed.pos_embed"][0], "latent_pos_embed"),
+        connector_act=CONNECTOR_ACT,
+        image_token_id=processor.image_token_id,
+        vision_start_token_id=processor.vision_start_token_id,
+        vision_end_token_id=processor.vision_end_token_id,
+    )
+    model = _load_model(path, config, dtype)
+    model.generation_config = GenerationConfig(
+        bos_token_id=processor.bos_token_id,
+        eos_token_id=processor.eos_token_id,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    return model, vae, processor

@@ -1,0 +1,642 @@
+"""PyTorch Loom: BAGEL's Mixture-of-Transformers decoder, NaViT vision tower and latent heads, with Loom's frame table.
+
+The network only embeds, attends and projects. Which tokens form a sequence (text turns, ViT blocks, clean or noisy
+latent blocks) is described by `input_ids` + `mm_token_type_ids` + image/latent inputs, built by the processor, the
+pipeline or the training collator; `packing.py` holds the layout rules.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2MLP,
+    Qwen2RMSNorm,
+    Qwen2RotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer
+from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .cache_loom import LoomCache
+from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
+from .packing import TokenType, create_loom_attention_mask, grid_position_ids, image_block_ids, rope_position_ids
+
+__all__ = [
+    "LoomPreTrainedModel",
+    "LoomTextModel",
+    "LoomVisionModel",
+    "LoomModel",
+    "LoomForInterleavedGeneration",
+    "LoomOutput",
+]
+
+
+def route_experts(
+    understanding: Callable[[torch.Tensor], torch.Tensor],
+    generation: Callable[[torch.Tensor], torch.Tensor],
+    hidden_states: torch.Tensor,
+    gen_mask: torch.BoolTensor | None,
+    always_split: bool = False,
+) -> torch.Tensor:
+    """Apply the understanding expert to text/ViT tokens and the generation expert to latent tokens.
+
+    `gen_mask` covers the leading `[batch, length]` dims of `hidden_states`. With `always_split` both experts run
+    (possibly on zero tokens) so that both always take part in the autograd graph, which data-parallel training needs.
+    """
+    if not always_split:
+        if gen_mask is None or not gen_mask.any():
+            return understanding(hidden_states)
+        if gen_mask.all():
+            return generation(hidden_states)
+    if gen_mask is None:
+        gen_mask = torch.zeros(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+    und_out = understanding(hidden_states[~gen_mask])
+    gen_out = generation(hidden_states[gen_mask])
+    out = und_out.new_empty(*gen_mask.shape, *und_out.shape[1:])
+    out[~gen_mask] = und_out
+    out[gen_mask] = gen_out.to(und_out.dtype)
+    return out
+
+
+class LoomAttention(nn.Module):
+    """Joint self-attention of the two experts: per-expert q/k/v/o projections and q/k norms, one softmax."""
+
+    def __init__(self, config: LoomTextConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        q_dim, kv_dim = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_dim, bias=True))
+            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_dim, bias=True))
+            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_dim, bias=True))
+            setattr(self, f"o_proj{suffix}", nn.Linear(q_dim, config.hidden_size, bias=False))
+            norm = (lambda: Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps)) if config.qk_norm else nn.Identity
+            setattr(self, f"q_norm{suffix}", norm())
+            setattr(self, f"k_norm{suffix}", norm())
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        gen_mask: torch.BoolTensor | None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        split = self.training
+
+        def project(name: str) -> torch.Tensor:
+            und, gen = getattr(self, name), getattr(self, f"{name}_moe_gen")
+            return route_experts(und, gen, hidden_states, gen_mask, split).view(hidden_shape)
+
+        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, project("q_proj"), gen_mask, split)
+        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, project("k_proj"), gen_mask, split)
+        query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
+        value_states = project("v_proj").transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, gen_mask, split), attn_weights
+
+
+class LoomDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm MoT decoder layer: each token goes through its expert's norms and MLP around the joint attention."""
+
+    def __init__(self, config: LoomTextConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = LoomAttention(config, layer_idx)
+        self.mlp = Qwen2MLP(config)
+        self.mlp_moe_gen = Qwen2MLP(config)
+        self.input_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        gen_mask: torch.BoolTensor | None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        split = self.training
+        residual = hidden_states
+        hidden_states = route_experts(
+            self.input_layernorm, self.input_layernorm_moe_gen, hidden_states, gen_mask, split
+        )
+        hidden_states, _ = self.self_attn(
+            hidden_states, position_embeddings, attention_mask, gen_mask, past_key_values=past_key_values, **kwargs
+        )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = route_experts(
+            lambda x: self.mlp(self.post_attention_layernorm(x)),
+            lambda x: self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(x)),
+            hidden_states,
+            gen_mask,
+            split,
+        )
+        return residual + hidden_states
+
+
+class LoomVisionEmbeddings(nn.Module):
+    """Linear embedding of flattened `(patch_row, patch_col, channel)` patches plus a learned 2D position table."""
+
+    def __init__(self, config: LoomVisionConfig):
+        super().__init__()
+        self.max_side = config.max_num_patches_per_side
+        self.patch_embedding = nn.Linear(config.num_channels * config.patch_size**2, config.hidden_size)
+        self.position_embedding = nn.Embedding(self.max_side**2, config.hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> torch.Tensor:
+        positions = grid_position_ids(image_grid_hw, self.max_side)
+        return self.patch_embedding(pixel_values) + self.position_embedding(positions)
+
+
+class LoomVisionConnector(nn.Module):
+    """Two-layer MLP from ViT features to the language model's hidden size."""
+
+    def __init__(self, vision_hidden_size: int, hidden_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(vision_hidden_size, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(features)))
+
+
+class LoomPositionTable(nn.Module):
+    """Fixed 2D sin-cos table over a `side`² grid; row `r·side + c` encodes the column first, then the row.
+
+    A deterministic function of its shape: kept as a non-persistent buffer, recomputed at load time, never saved.
+    """
+
+    def __init__(self, side: int, dim: int):
+        super().__init__()
+        self.side, self.dim = side, dim
+        self.register_buffer("table", self.compute(side, dim), persistent=False)
+
+    @staticmethod
+    def compute(side: int, dim: int) -> torch.Tensor:
+        return get_2d_sincos_pos_embed(dim, side, base_size=side, output_type="pt").float()
+
+    def forward(self, position_ids: torch.LongTensor) -> torch.Tensor:
+        return self.table[position_ids]
+
+
+class LoomTimestepEmbedder(nn.Module):
+    """DiT timestep embedding of the flow time σ ∈ [0, 1] (not scaled by 1000): `[cos, sin]` features and an MLP."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.features = Timesteps(frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.embedding = TimestepEmbedding(frequency_dim, hidden_size)
+
+    def forward(self, sigmas: torch.Tensor) -> torch.Tensor:
+        features = self.features(sigmas)
+        return self.embedding(features.to(self.embedding.linear_1.weight.dtype))
+
+
+class LoomVelocityHead(nn.Linear):
+    """`llm2vae`: hidden states to the flow velocity of a latent token; zero at initialisation, as in BAGEL."""
+
+
+class LoomFrameEmbedding(nn.Embedding):
+    """Loom's learnable temporal table: row `t` is added to the visual tokens of frame `t`; zero at initialisation,
+    so a BAGEL checkpoint behaves as BAGEL until the table is trained."""
+
+
+class LoomPreTrainedModel(PreTrainedModel):
+    config: LoomConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LoomDecoderLayer", "SiglipEncoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _can_record_outputs = {"hidden_states": LoomDecoderLayer, "attentions": LoomAttention}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (LoomVelocityHead, LoomFrameEmbedding)):
+            for parameter in module.parameters(recurse=False):
+                init.zeros_(parameter)
+        elif isinstance(module, LoomPositionTable):
+            init.copy_(module.table, module.compute(module.side, module.dim))
+        else:
+            super()._init_weights(module)
+
+
+class LoomTextModel(LoomPreTrainedModel):
+    """The MoT language model: token embeddings, decoder layers and the per-expert final norms."""
+
+    config: LoomTextConfig
+    base_model_prefix = "language_model"
+
+    def __init__(self, config: LoomTextConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LoomDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen2RotaryEmbedding(config=config)
+        self.post_init()
+
+    @capture_outputs
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        gen_mask: torch.BoolTensor | None = None,
+        block_ids: torch.LongTensor | None = None,
+        noised: torch.BoolTensor | None = None,
+        document_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Run the decoder over `inputs_embeds` at BAGEL `position_ids`; see `packing.create_loom_attention_mask`."""
+        attention_kwargs = {}
+        if self.config._attn_implementation.startswith("flash"):
+            attention_kwargs["is_causal"] = self._flash_is_causal(block_ids, noised, document_ids)
+        mask = create_loom_attention_mask(
+            self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
+        )
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                mask,
+                position_embeddings,
+                gen_mask,
+                past_key_values=past_key_values,
+                **attention_kwargs,
+                **kwargs,
+            )
+        hidden_states = route_experts(self.norm, self.norm_moe_gen, hidden_states, gen_mask, self.training)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+    @staticmethod
+    def _flash_is_causal(block_ids, noised, document_ids) -> bool:
+        """Flash attention knows only causal or full attention per call: a query must be all text or one block."""
+        if noised is not None or document_ids is not None:
+            raise ValueError(
+                "flash attention cannot express packed training masks; use attn_implementation='sdpa' or "
+                "'flex_attention' for training."
+            )
+        if block_ids is None or not bool((block_ids >= 0).any()):
+            return True
+        if bool((block_ids == block_ids[:, :1]).all()) and bool((block_ids >= 0).all()):
+            return False
+        raise ValueError(
+            "flash attention needs each forward pass to hold either only text or exactly one image block; "
+            "use attn_implementation='sdpa' or 'flex_attention' for mixed sequences."
+        )
+
+
+class LoomVisionModel(LoomPreTrainedModel):
+    """NaViT SigLIP: images of different sizes in one call, each attending only to itself."""
+
+    config: LoomVisionConfig
+    base_model_prefix = "vision_model"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: LoomVisionConfig):
+        super().__init__(config)
+        self.embeddings = LoomVisionEmbeddings(config)
+        self.encoder = SiglipEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> torch.Tensor:
+        """`pixel_values`: `[num_patches, channels·patch²]` of all images; returns `[num_patches, hidden]`."""
+        embeddings = self.embeddings(pixel_values, image_grid_hw)
+        lengths = (image_grid_hw[:, 0] * image_grid_hw[:, 1]).tolist()
+        per_image = list(embeddings.split(lengths))
+        outputs: list[torch.Tensor | None] = [None] * len(per_image)
+        # Images of the same size run as one batch; no cross-image mask is needed.
+        for size in sorted(set(lengths)):
+            indices = [i for i, n in enumerate(lengths) if n == size]
+            batch = torch.stack([per_image[i] for i in indices])
+            encoded = self.encoder(inputs_embeds=batch).last_hidden_state
+            for row, i in enumerate(indices):
+                outputs[i] = encoded[row]
+        return self.post_layernorm(torch.cat(outputs)) if outputs else embeddings
+
+
+@dataclass
+class LoomOutput(ModelOutput):
+    """Output of [`LoomForInterleavedGeneration`].
+
+    Args:
+        loss: next-token cross-entropy over `labels`, when given.
+        logits: text logits at the kept positions.
+        velocity: `[num_latent_tokens, latent_token_dim]` flow velocity (`noise - x0`) at the latent positions, in
+            sequence order.
+        past_key_values: the updated cache.
+        hidden_states / attentions: per-layer outputs when requested.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    velocity: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class LoomModel(LoomPreTrainedModel):
+    """Embeds an interleaved sequence (text, ViT patches, VAE-latent patches) and runs the MoT decoder."""
+
+    def __init__(self, config: LoomConfig):
+        super().__init__(config)
+        text, vision = config.text_config, config.vision_config
+        self.language_model = LoomTextModel._from_config(text)
+        self.vision_model = LoomVisionModel._from_config(vision)
+        self.connector = LoomVisionConnector(vision.hidden_size, text.hidden_size, config.connector_act)
+        self.vit_pos_embed = LoomPositionTable(vision.max_num_patches_per_side, text.hidden_size)
+        self.time_embedder = LoomTimestepEmbedder(text.hidden_size)
+        self.vae2llm = nn.Linear(config.latent_token_dim, text.hidden_size)
+        self.latent_pos_embed = LoomPositionTable(config.max_latent_size, text.hidden_size)
+        self.frame_embed = LoomFrameEmbedding(config.max_frames, text.hidden_size) if config.max_frames > 0 else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.language_model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.language_model.embed_tokens = value
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> torch.Tensor:
+        """ViT tokens in the language model's space: `connector(ViT(patches)) + vit_pos_embed`."""
+        features = self.connector(self.vision_model(pixel_values, image_grid_hw))
+        positions = grid_position_ids(image_grid_hw, self.config.vision_config.max_num_patches_per_side)
+        return features + self.vit_pos_embed(positions).to(features.dtype)
+
+    def get_latent_embeddings(
+        self, latents: torch.Tensor, latent_grid_hw: torch.LongTensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Latent tokens in the language model's space: `vae2llm(x_σ) + time_embedder(σ) + latent_pos_embed`.
+
+        `timesteps` holds one σ per latent image (0 for a clean image) or one per token.
+        """
+        lengths = (latent_grid_hw[:, 0] * latent_grid_hw[:, 1]).to(latents.device)
+        timesteps = timesteps.to(latents.device).reshape(-1)
+        if timesteps.numel() == len(lengths):
+            timesteps = timesteps.repeat_interleave(lengths)
+        elif timesteps.numel() != latents.shape[0]:
+            raise ValueError(
+                f"`timesteps` needs one σ per latent image ({len(lengths)}) or per latent token ({latents.shape[0]}); "
+                f"got {timesteps.numel()}."
+            )
+        embeddings = self.vae2llm(latents.to(self.vae2llm.weight.dtype))
+        embeddings = embeddings + self.time_embedder(timesteps.float()).to(embeddings.dtype)
+        positions = grid_position_ids(latent_grid_hw, self.config.max_latent_size)
+        return embeddings + self.latent_pos_embed(positions).to(embeddings.dtype)
+
+    def get_frame_embeddings(self, frame_ids: torch.LongTensor) -> torch.Tensor:
+        """Loom's temporal embedding `e_t` for per-token frame indices (`-1`: not part of a frame)."""
+        if self.frame_embed is None:
+            raise ValueError("`frame_ids` were given but this model has no frame table (config.max_frames == 0).")
+        if int(frame_ids.max()) >= self.config.max_frames:
+            raise ValueError(
+                f"`frame_ids` reach {int(frame_ids.max())} but the frame table holds {self.config.max_frames} frames."
+            )
+        embeddings = self.frame_embed(frame_ids.clamp(min=0))
+        return embeddings * (frame_ids >= 0).unsqueeze(-1).to(embeddings.dtype)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        mm_token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_grid_hw: torch.LongTensor | None = None,
+        latents: torch.FloatTensor | None = None,
+        latent_grid_hw: torch.LongTensor | None = None,
+        timesteps: torch.FloatTensor | None = None,
+        frame_ids: torch.LongTensor | None = None,
+        block_ids: torch.LongTensor | None = None,
+        noised: torch.BoolTensor | None = None,
+        document_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        mm_token_type_ids (`[batch, length]`): [`TokenType`] of each position (0 text, 1 ViT patch, 2 latent patch).
+        pixel_values (`[num_patches, 3·patch²]`), image_grid_hw (`[num_images, 2]`): ViT patches and patch grids.
+        latents (`[num_latent_tokens, latent_token_dim]`), latent_grid_hw (`[num_latent_images, 2]`): packed latent
+            patches ([`pack_latents`]) and their grids; timesteps: σ per latent image (0 = clean).
+        frame_ids (`[batch, length]`): Loom frame index of each visual token (`-1` elsewhere).
+        block_ids / noised / document_ids (`[batch, length]`): explicit image blocks, noised-block flags and packed
+            sample ids for training; by default blocks come from the vision markers in `input_ids`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.language_model.embed_tokens(input_ids)
+        token_types = mm_token_type_ids
+        if token_types is None:
+            token_types = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        if pixel_values is not None:
+            features = self.get_image_features(pixel_values, image_grid_hw)
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT, features, "ViT")
+        if latents is not None:
+            if timesteps is None:
+                raise ValueError("`latents` need `timesteps` (σ per latent image; 0 for a clean image).")
+            features = self.get_latent_embeddings(latents, latent_grid_hw, timesteps)
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT, features, "latent")
+        if frame_ids is not None:
+            inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
+
+        if use_cache and past_key_values is None:
+            past_key_values = LoomCache()
+        if block_ids is None and input_ids is not None:
+            block_ids = image_block_ids(input_ids, self.config.vision_start_token_id, self.config.vision_end_token_id)
+        if position_ids is None:
+            if block_ids is None:
+                raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
+            start = past_key_values.next_position if isinstance(past_key_values, LoomCache) else torch.zeros(1)
+            padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+            position_ids = rope_position_ids(block_ids, start.to(block_ids.device), padding)
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            gen_mask=token_types == TokenType.LATENT,
+            block_ids=block_ids,
+            noised=noised,
+            document_ids=document_ids,
+            **kwargs,
+        )
+        if isinstance(past_key_values, LoomCache):
+            past_key_values.advance(position_ids)
+        return BaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @staticmethod
+    def _scatter(inputs_embeds: torch.Tensor, positions: torch.BoolTensor, features: torch.Tensor, name: str):
+        """Place `features` at `positions` (in order), checking that the counts agree."""
+        if int(positions.sum()) != features.shape[0]:
+            raise ValueError(
+                f"{features.shape[0]} {name} tokens were given but `mm_token_type_ids` marks {int(positions.sum())} "
+                f"{name} positions."
+            )
+        inputs_embeds = inputs_embeds.clone()
+        inputs_embeds[positions] = features.to(inputs_embeds.dtype)
+        return inputs_embeds
+
+
+class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin):
+    """Loom with its two heads: `lm_head` for text and `llm2vae` for the flow velocity of latent tokens.
+
+    Text generation and image understanding work through the standard `generate()`; the interleaved text-image
+    loop (planning, guidance, denoising) lives in `LoomInterleavedPipeline`.
+    """
+
+    output_modalities = ("image", "text")
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LoomConfig):
+        super().__init__(config)
+        self.model = LoomModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.llm2vae = LoomVelocityHead(config.text_config.hidden_size, config.latent_token_dim)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        mm_token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_grid_hw: torch.LongTensor | None = None,
+        latents: torch.FloatTensor | None = None,
+        latent_grid_hw: torch.LongTensor | None = None,
+        timesteps: torch.FloatTensor | None = None,
+        frame_ids: torch.LongTensor | None = None,
+        block_ids: torch.LongTensor | None = None,
+        noised: torch.BoolTensor | None = None,
+        document_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LoomOutput:
+        r"""
+        labels (`[batch, length]`): next-token targets for the text cross-entropy (`-100` ignored).
+        logits_to_keep (`int` or tensor): compute text logits only for the last `n` positions (or these indices).
+        Other arguments: see [`LoomModel.forward`]. `velocity` is returned whenever `latents` are given.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            mm_token_type_ids=mm_token_type_ids,
+            pixel_values=pixel_values,
+            image_grid_hw=image_grid_hw,
+            latents=latents,
+            latent_grid_hw=latent_grid_hw,
+            timesteps=timesteps,
+            frame_ids=frame_ids,
+            block_ids=block_ids,
+            noised=noised,
+            document_ids=document_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        velocity = None
+        if latents is not None:
+            velocity = self.llm2vae(hidden_states[mm_token_type_ids == TokenType.LATENT])
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, kept, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        return LoomOutput(
+            loss=loss,
+            logits=logits,
+            velocity=velocity,
+            past_key_values=outputs.past_key_values,
+            last_hidden_state=hidden_states,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def generate(self, *args, past_key_values: Cache | None = None, **kwargs):
+        """Standard `generate()`, starting from a [`LoomCache`] so that positions follow BAGEL's counter."""
+        return super().generate(*args, past_key_values=past_key_values or LoomCache(), **kwargs)

@@ -1,0 +1,158 @@
+"""BAGEL's sequence layout: token types, RoPE positions, latent patch packing and attention-mask rules.
+
+A Loom sequence interleaves text tokens with image *blocks*. A block is `<|vision_start|>`, the image's tokens (ViT
+patches or VAE-latent patches) and `<|vision_end|>`. The rules, as in the official BAGEL code:
+
+* RoPE is 1D over a logical counter: every text token advances it by one, a whole image block shares one position and
+  advances it by one.
+* Text is causal; the tokens of a block attend to each other bidirectionally and to everything before the block.
+* A *noised* block (a training target) is invisible to every token outside it.
+* Packed samples never attend across sample boundaries.
+
+These rules are written as `transformers.masking_utils` mask functions, so one definition yields the SDPA, eager and
+flex-attention masks.
+"""
+
+from enum import IntEnum
+
+import torch
+from transformers.masking_utils import and_masks, create_causal_mask, packed_sequence_mask_function
+
+__all__ = [
+    "TokenType",
+    "image_block_ids",
+    "rope_position_ids",
+    "grid_position_ids",
+    "pack_latents",
+    "unpack_latents",
+    "noise_isolation_function",
+    "create_loom_attention_mask",
+]
+
+
+class TokenType(IntEnum):
+    """Values of `mm_token_type_ids`: which embedding fills a position and which expert serves it."""
+
+    TEXT = 0  # token embeddings, understanding expert (image markers included)
+    VIT = 1  # ViT patch features, understanding expert
+    LATENT = 2  # VAE latent patches, generation expert
+
+
+def image_block_ids(input_ids: torch.LongTensor, vision_start_id: int, vision_end_id: int) -> torch.LongTensor:
+    """Index of the image block each token belongs to (`-1` outside blocks), from the vision start/end markers.
+
+    Blocks are numbered per row from 0 in order of appearance; the markers belong to their block.
+    """
+    is_start = input_ids == vision_start_id
+    is_end = input_ids == vision_end_id
+    inside = (is_start.cumsum(-1) - is_end.cumsum(-1) + is_end.long()) > 0
+    block = is_start.cumsum(-1) - 1
+    return torch.where(inside, block, torch.full_like(block, -1))
+
+
+def rope_position_ids(
+    block_ids: torch.LongTensor,
+    start: int | torch.Tensor = 0,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.LongTensor:
+    """BAGEL RoPE positions: text advances the counter per token, a block shares one position.
+
+    Args:
+        block_ids: `[batch, length]` output of [`image_block_ids`].
+        start: position of the first token (the cache's next position), an int or a `[batch]` tensor.
+        attention_mask: optional `[batch, length]` padding mask; padding does not advance the counter.
+    """
+    previous = torch.nn.functional.pad(block_ids, (1, 0), value=-1)[:, :-1]
+    advances = (block_ids < 0) | (block_ids != previous)
+    if attention_mask is not None:
+        advances = advances & attention_mask[:, -block_ids.shape[1] :].bool()
+    start = torch.as_tensor(start, device=block_ids.device).reshape(-1, 1)
+    return (advances.long().cumsum(-1) - 1).clamp(min=0) + start
+
+
+def grid_position_ids(grid_hw: torch.LongTensor, max_side: int) -> torch.LongTensor:
+    """Flattened 2D positions `row * max_side + col` of every patch of every image, images concatenated.
+
+    Smaller images use the top-left corner of the `max_side`² grid (BAGEL's "extrapolate" rule).
+    """
+    positions = []
+    for height, width in grid_hw.tolist():
+        if height > max_side or width > max_side:
+            raise ValueError(f"A grid of {height}x{width} patches exceeds the position table side {max_side}.")
+        rows = torch.arange(height, device=grid_hw.device)[:, None] * max_side
+        positions.append((rows + torch.arange(width, device=grid_hw.device)).flatten())
+    if not positions:
+        return torch.zeros(0, dtype=torch.long, device=grid_hw.device)
+    return torch.cat(positions)
+
+
+def pack_latents(latents: torch.Tensor, patch_size: int = 2) -> torch.Tensor:
+    """`(1, C, H, W)` diffusers latents → `(H/p · W/p, p·p·C)` tokens, row-major, each `(patch_row, patch_col, C)`."""
+    _, channels, height, width = latents.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    tokens = latents[0, :, : grid_h * patch_size, : grid_w * patch_size]
+    tokens = tokens.reshape(channels, grid_h, patch_size, grid_w, patch_size).permute(1, 3, 2, 4, 0)
+    return tokens.reshape(grid_h * grid_w, patch_size * patch_size * channels)
+
+
+def unpack_latents(tokens: torch.Tensor, grid_h: int, grid_w: int, patch_size: int = 2) -> torch.Tensor:
+    """Inverse of [`pack_latents`]: `(h·w, p·p·C)` tokens → `(1, C, p·h, p·w)` diffusers latents."""
+    channels = tokens.shape[-1] // (patch_size * patch_size)
+    latents = tokens.reshape(grid_h, grid_w, patch_size, patch_size, channels).permute(4, 0, 2, 1, 3)
+    return latents.reshape(1, channels, grid_h * patch_size, grid_w * patch_size)
+
+
+def noise_isolation_function(block_ids: torch.LongTensor, noised: torch.BoolTensor):
+    """Mask function: a token of a noised block is visible only from inside the same block."""
+
+    def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
+        same_block = block_ids[batch_idx, q_idx] == block_ids[batch_idx, kv_idx]
+        return ~noised[batch_idx, kv_idx] | same_block
+
+    return inner_mask
+
+
+def _left_pad(values: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    """Prepend `length` entries of `fill` (the cached tokens) along the sequence dimension."""
+    return torch.nn.functional.pad(values, (length, 0), value=fill) if length else values
+
+
+def create_loom_attention_mask(
+    config,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    past_key_values,
+    block_ids: torch.LongTensor | None,
+    noised: torch.BoolTensor | None = None,
+    document_ids: torch.LongTensor | None = None,
+):
+    """The attention mask of one forward pass, for the configured attention implementation.
+
+    Causal attention with: bidirectional image blocks (`block_ids >= 0`), noised blocks hidden from other tokens
+    (`noised`) and packed-sample isolation (`document_ids`). Queries are aligned bottom-right against the cache, as
+    flash-attention does for a query shorter than its keys. A ready 4D mask or `BlockMask` is returned unchanged.
+    """
+    if attention_mask is not None and attention_mask.ndim == 4:
+        return attention_mask
+    cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+    block_sequence_ids = and_function = None
+    if block_ids is not None and bool((block_ids >= 0).any()):
+        # Given as `block_sequence_ids` (not a custom function), transformers builds it without vmap.
+        block_sequence_ids = _left_pad(block_ids, cached, -1)
+    and_functions = []
+    if noised is not None and bool(noised.any()):
+        full_blocks = _left_pad(block_ids, cached, -1)
+        and_functions.append(noise_isolation_function(full_blocks, _left_pad(noised, cached, False)))
+    if document_ids is not None:
+        and_functions.append(packed_sequence_mask_function(_left_pad(document_ids, cached, -1)))
+    if and_functions:
+        and_function = and_masks(*and_functions)
+    return create_causal_mask(
+        config=config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=past_key_values,
+        position_ids=None,  # BAGEL positions repeat inside blocks: never let them be read as packed documents
+        and_mask_function=and_function,
+        block_sequence_ids=block_sequence_ids,
+    )

@@ -1,0 +1,108 @@
+"""Tiny, randomly initialised Loom components built offline: for tests, smoke runs and benchmarks.
+
+Nothing here is trained: images generated with these components are noise.
+"""
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+from .modeling import LoomConfig, LoomForInterleavedGeneration, LoomImageProcessor, LoomProcessor
+from .pipelines import LoomInterleavedPipeline
+
+__all__ = ["SPECIAL_TOKENS", "tiny_tokenizer", "tiny_config", "tiny_vae", "tiny_pipeline"]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+_CORPUS = [
+    "Draw a red house with a triangular roof and a brown door.",
+    "Step 1: Draw the walls. Step 2: Add the roof. Step 3: Add a door and two windows.",
+    "A red square above a blue circle. Make the square green.",
+    "Describe the image. What is drawn here? A tree, a snowman, a car, a flower, a boat, a rocket.",
+    "Apply the style of image 1 to image 2. Extract the upper garment of the model.",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (Qwen2 style) trained on a few sentences, with BAGEL's special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LoomConfig:
+    """A ~0.5M-parameter Loom configuration matching `tokenizer` (64×64 px images at most)."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    values = {
+        "text_config": {
+            "vocab_size": len(tokenizer) + 16,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": 14,
+            "image_size": 56,
+            "max_num_patches_per_side": 4,
+        },
+        "max_latent_size": 4,
+        "image_token_id": ids["<|image_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    values.update(overrides)
+    return LoomConfig(**values)
+
+
+def tiny_vae() -> AutoencoderKL:
+    """A FLUX-layout autoencoder (16 latent channels, 8× downsampling) with 32 channels per level."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[32, 32, 32, 32],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def tiny_pipeline(seed: int = 0, **config_overrides) -> LoomInterleavedPipeline:
+    """A complete, randomly initialised pipeline; `config_overrides` go to [`tiny_config`]."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    processor = LoomProcessor(LoomImageProcessor(vae_image_size=(64, 32, 16), vit_image_size=(56, 28, 14)), tokenizer)
+    model = LoomForInterleavedGeneration(tiny_config(tokenizer, **config_overrides)).eval()
+    # Random weights everywhere, including the heads BAGEL zero-initialises, so outputs depend on every input.
+    torch.nn.init.normal_(model.llm2vae.weight, std=0.02)
+    model.generation_config = GenerationConfig(
+        bos_token_id=processor.bos_token_id,
+        eos_token_id=processor.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LoomInterleavedPipeline(model, tiny_vae().eval(), FlowMatchEulerDiscreteScheduler(shift=3.0), processor)

@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests run offline on CPU: the Hub is switched off before any Hugging Face import."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bagel-tiny"
+# The fixture's image sizes: (max side, min side, stride) of the VAE and ViT paths.
+FIXTURE_VAE_SIZE = (64, 32, 16)
+FIXTURE_VIT_SIZE = (56, 28, 14)
+
+
+@pytest.fixture(scope="session")
+def fixture_cases() -> dict:
+    return json.loads((FIXTURE / "cases.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def bagel_pipeline():
+    """The bagel-tiny release loaded through the public `from_bagel` (shared: tests must not modify it)."""
+    from loom_hf import LoomInterleavedPipeline
+
+    pipe = LoomInterleavedPipeline.from_bagel(
+        FIXTURE / "checkpoint", vae_image_size=FIXTURE_VAE_SIZE, vit_image_size=FIXTURE_VIT_SIZE
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh, randomly initialised tiny pipeline (each test may change it)."""
+    from loom_hf.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)

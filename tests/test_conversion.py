@@ -1,0 +1,137 @@
+"""Loading an official BAGEL release folder and converting it into a Hugging Face pipeline folder."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from loom_hf import LoomInterleavedPipeline
+from loom_hf.cli import main as loom
+from loom_hf.modeling.convert_bagel import REQUIRED_RELEASE_FILES
+
+from .conftest import FIXTURE, FIXTURE_VAE_SIZE, FIXTURE_VIT_SIZE
+
+SIZES = ["--vae-image-size", *map(str, FIXTURE_VAE_SIZE), "--vit-image-size", *map(str, FIXTURE_VIT_SIZE)]
+
+
+@pytest.fixture
+def release(tmp_path):
+    """A writable copy of the bagel-tiny release folder."""
+    folder = tmp_path / "release"
+    shutil.copytree(FIXTURE / "checkpoint", folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    return folder
+
+
+def load(folder):
+    return LoomInterleavedPipeline.from_bagel(folder, vae_image_size=FIXTURE_VAE_SIZE, vit_image_size=FIXTURE_VIT_SIZE)
+
+
+@pytest.mark.parametrize("name", [*REQUIRED_RELEASE_FILES, "vocab.json"])
+def test_missing_release_file_is_named(release, name):
+    (release / name).unlink()
+    with pytest.raises(FileNotFoundError, match=name.split(".")[0]):
+        load(release)
+
+
+def test_pickled_checkpoints_are_not_read(release):
+    (release / "ema.safetensors").rename(release / "ema.pt")
+    with pytest.raises(FileNotFoundError, match="Only safetensors are read"):
+        load(release)
+
+
+def test_every_release_tensor_is_used(bagel_pipeline):
+    """Each release tensor lands in one model parameter (the sin-cos tables are checked, then rebuilt)."""
+    with safe_open(FIXTURE / "checkpoint" / "ema.safetensors", framework="pt") as release:
+        keys = set(release.keys())
+    parameters = dict(bagel_pipeline.model.named_parameters())
+    assert len(parameters) == len(keys) - 2
+    release_tensors = load_file(FIXTURE / "checkpoint" / "ema.safetensors")
+    torch.testing.assert_close(
+        parameters["model.time_embedder.embedding.linear_1.weight"], release_tensors["time_embedder.mlp.0.weight"]
+    )
+    torch.testing.assert_close(
+        parameters["model.vision_model.embeddings.patch_embedding.weight"],
+        release_tensors["vit_model.vision_model.embeddings.patch_embedding.weight"],
+    )
+    torch.testing.assert_close(
+        bagel_pipeline.model.model.latent_pos_embed.table, release_tensors["latent_pos_embed.pos_embed"]
+    )
+    vae_tensors = load_file(FIXTURE / "checkpoint" / "ae.safetensors")
+    assert sum(p.numel() for p in bagel_pipeline.vae.parameters()) == sum(t.numel() for t in vae_tensors.values())
+
+
+def test_grid_sizes_come_from_tensor_shapes(bagel_pipeline):
+    config = bagel_pipeline.model.config
+    assert config.max_latent_size == 8  # latent_pos_embed has 64 rows
+    assert config.vision_config.max_num_patches_per_side == 70  # position_embedding has 4900 rows
+    assert config.vision_config.num_hidden_layers == 2  # vit_config.json says 3; BAGEL drops one
+    assert config.text_config.qk_norm and not config.tie_word_embeddings
+
+
+def test_unexpected_release_tensor_is_rejected(release):
+    tensors = load_file(release / "ema.safetensors")
+    tensors["extra_head.weight"] = torch.zeros(2, 2)
+    save_file(tensors, release / "ema.safetensors")
+    with pytest.raises(KeyError, match="extra_head.weight"):
+        load(release)
+
+
+def test_foreign_position_table_is_rejected(release):
+    tensors = load_file(release / "ema.safetensors")
+    tensors["latent_pos_embed.pos_embed"] = torch.randn_like(tensors["latent_pos_embed.pos_embed"])
+    save_file(tensors, release / "ema.safetensors")
+    with pytest.raises(ValueError, match="sin-cos table"):
+        load(release)
+
+
+def test_cli_writes_a_sharded_folder_that_round_trips(bagel_pipeline, tmp_path):
+    destination = tmp_path / "converted"
+    assert loom(["convert-bagel", str(FIXTURE / "checkpoint"), str(destination), *SIZES, "--max-shard-size", "1MB"]) == 0
+    index = json.loads((destination / "model" / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and all((destination / "model" / shard).is_file() for shard in shards)
+    assert (destination / "vae" / "config.json").is_file() and (destination / "scheduler").is_dir()
+    assert (destination / "processor" / "processor_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted")]
+
+    loaded = LoomInterleavedPipeline.from_pretrained(destination)
+    for component in ("model", "vae"):
+        expected = getattr(bagel_pipeline, component).state_dict()
+        actual = getattr(loaded, component).state_dict()
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    assert loaded.scheduler.config.shift == 3.0
+    assert loaded.processor.image_processor.vae_image_size == list(FIXTURE_VAE_SIZE)
+
+
+def test_cli_never_leaves_a_partial_folder(release, tmp_path):
+    (release / "ae.safetensors").unlink()
+    destination = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="ae.safetensors"):
+        loom(["convert-bagel", str(release), str(destination), *SIZES])
+    assert not destination.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["release"]
+
+
+def test_cli_refuses_to_overwrite_without_flag(tmp_path):
+    destination = tmp_path / "out"
+    destination.mkdir()
+    (destination / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="--overwrite"):
+        loom(["convert-bagel", str(FIXTURE / "checkpoint"), str(destination), *SIZES])
+    assert (destination / "keep.txt").read_text() == "mine"
+
+
+def test_bfloat16_conversion(tmp_path):
+    destination = tmp_path / "bf16"
+    loom(["convert-bagel", str(FIXTURE / "checkpoint"), str(destination), *SIZES, "--dtype", "bfloat16"])
+    pipe = LoomInterleavedPipeline.from_pretrained(destination, dtype=torch.bfloat16)
+    assert pipe.model.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(["A red square above a blue circle."], num_inference_steps=2).images[0]
+    assert image.size == (64, 64)

@@ -1,0 +1,63 @@
+"""BAGEL's three-context guidance combination and its interval rule."""
+
+import numpy as np
+import pytest
+import torch
+
+from loom_hf.pipelines.guidance import guidance_active, guided_velocity
+
+
+@pytest.fixture
+def velocities():
+    torch.manual_seed(0)
+    return torch.randn(6, 4), torch.randn(6, 4), torch.randn(6, 4)
+
+
+def test_no_guidance_at_or_below_one(velocities):
+    cond, text_uncond, image_uncond = velocities
+    assert guided_velocity(cond, text_uncond, image_uncond, 1.0, 3.0) is cond
+    assert guided_velocity(cond, None, None, 0.5, 1.0) is cond
+
+
+def test_global_renorm(velocities):
+    cond, text_uncond, image_uncond = velocities
+    text = text_uncond + 4.0 * (cond - text_uncond)
+    both = image_uncond + 2.0 * (text - image_uncond)
+    expected = both * (cond.norm() / (both.norm() + 1e-8)).clamp(0.0, 1.0)
+    torch.testing.assert_close(guided_velocity(cond, text_uncond, image_uncond, 4.0, 2.0, "global"), expected)
+
+
+def test_channel_renorm_is_per_token(velocities):
+    cond, text_uncond, image_uncond = velocities
+    text = text_uncond + 3.0 * (cond - text_uncond)
+    ratio = (cond.norm(dim=-1, keepdim=True) / (text.norm(dim=-1, keepdim=True) + 1e-8)).clamp(0.25, 1.0)
+    result = guided_velocity(cond, text_uncond, image_uncond, 3.0, 1.0, "channel", renorm_min=0.25)
+    torch.testing.assert_close(result, text * ratio)
+
+
+def test_text_channel_renorms_before_image_guidance(velocities):
+    cond, text_uncond, image_uncond = velocities
+    text = text_uncond + 4.0 * (cond - text_uncond)
+    text = text * (cond.norm(dim=-1, keepdim=True) / (text.norm(dim=-1, keepdim=True) + 1e-8)).clamp(0.0, 1.0)
+    expected = image_uncond + 2.0 * (text - image_uncond)
+    torch.testing.assert_close(guided_velocity(cond, text_uncond, image_uncond, 4.0, 2.0, "text_channel"), expected)
+
+
+def test_renorm_min_one_disables_renorm(velocities):
+    cond, text_uncond, image_uncond = velocities
+    result = guided_velocity(cond, text_uncond, image_uncond, 4.0, 1.0, "global", renorm_min=1.0)
+    torch.testing.assert_close(result, text_uncond + 4.0 * (cond - text_uncond))
+
+
+def test_unknown_renorm_is_rejected(velocities):
+    with pytest.raises(ValueError, match="renorm"):
+        guided_velocity(*velocities, 4.0, 1.0, "spatial")
+
+
+def test_interval_compares_the_shifted_time():
+    """50 official timesteps, shift 3, interval [0.4, 1]: 49 Euler steps, guidance on in the first 41."""
+    t = np.linspace(1, 0, 50)
+    shifted = 3 * t / (1 + 2 * t)
+    active = [guidance_active(float(s), (0.4, 1.0)) for s in shifted[:-1]]
+    assert len(active) == 49 and sum(active) == 41 and all(active[:41])
+    assert not guidance_active(0.4, (0.4, 1.0)) and guidance_active(1.0, (0.4, 1.0))

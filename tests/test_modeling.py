@@ -1,0 +1,229 @@
+"""The network: MoT routing, KV cache semantics, attention backends, generate(), Auto classes, serialization."""
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor
+
+from loom_hf import LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
+from loom_hf.tiny import tiny_config, tiny_tokenizer
+
+from .conftest import FIXTURE
+
+
+@pytest.fixture
+def model_and_inputs(tiny_pipe):
+    """A tiny model and a sequence: text | ViT block of 4 patches | latent block of 4 tokens | text."""
+    processor = tiny_pipe.processor
+    torch.manual_seed(1)
+    text_1, text_2 = processor.text_block("Draw a red house"), processor.text_block("roof")
+    vit_ids, vit_types = processor.image_block(4, TokenType.VIT)
+    latent_ids, latent_types = processor.image_block(4, TokenType.LATENT)
+    ids = text_1 + vit_ids + latent_ids + text_2
+    types = [0] * len(text_1) + vit_types + latent_types + [0] * len(text_2)
+    inputs = {
+        "input_ids": torch.tensor([ids]),
+        "mm_token_type_ids": torch.tensor([types]),
+        "pixel_values": torch.randn(4, 14 * 14 * 3),
+        "image_grid_hw": torch.tensor([[2, 2]]),
+        "latents": torch.randn(4, 64),
+        "latent_grid_hw": torch.tensor([[2, 2]]),
+        "timesteps": torch.tensor([0.0]),
+    }
+    spans = {
+        "text_1": slice(0, len(text_1)),
+        "vit": slice(len(text_1), len(text_1) + 6),
+        "latent": slice(len(text_1) + 6, len(text_1) + 12),
+        "text_2": slice(len(text_1) + 12, len(ids)),
+    }
+    return tiny_pipe.model, inputs, spans
+
+
+def split_inputs(inputs, spans):
+    """The same sequence as four block-by-block calls."""
+    ids, types = inputs["input_ids"], inputs["mm_token_type_ids"]
+    pieces = []
+    for name, span in spans.items():
+        piece = {"input_ids": ids[:, span], "mm_token_type_ids": types[:, span]}
+        if name == "vit":
+            piece.update(pixel_values=inputs["pixel_values"], image_grid_hw=inputs["image_grid_hw"])
+        if name == "latent":
+            piece.update(
+                latents=inputs["latents"], latent_grid_hw=inputs["latent_grid_hw"], timesteps=inputs["timesteps"]
+            )
+        pieces.append(piece)
+    return pieces
+
+
+@torch.no_grad()
+def test_block_by_block_prefill_equals_one_forward(model_and_inputs):
+    model, inputs, spans = model_and_inputs
+    full = model(**inputs, output_hidden_states=True)
+    cache = LoomCache()
+    hidden = [model(**piece, past_key_values=cache).last_hidden_state for piece in split_inputs(inputs, spans)]
+    torch.testing.assert_close(torch.cat(hidden, dim=1), full.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert cache.get_seq_length() == inputs["input_ids"].shape[1]
+    # Positions: text_1 advances per token, each block takes one position, text_2 continues.
+    n = spans["text_1"].stop
+    assert cache.next_position.item() == n + 2 + (spans["text_2"].stop - spans["text_2"].start)
+    assert len(full.hidden_states) == model.config.text_config.num_hidden_layers + 1
+
+
+@torch.no_grad()
+def test_read_only_cache_attends_without_writing(model_and_inputs):
+    model, inputs, spans = model_and_inputs
+    prefix, query = split_inputs(inputs, spans)[:2], split_inputs(inputs, spans)[2]
+    cache = LoomCache()
+    for piece in prefix:
+        model(**piece, past_key_values=cache)
+    length, position = cache.get_seq_length(), cache.next_position.clone()
+    written = cache.fork()
+    with cache.read_only():
+        read = model(**query, past_key_values=cache).velocity
+    assert cache.get_seq_length() == length and torch.equal(cache.next_position, position)
+    torch.testing.assert_close(read, model(**query, past_key_values=written).velocity)
+    assert written.get_seq_length() == length + 6 and cache.get_seq_length() == length
+
+
+@torch.no_grad()
+def test_forks_grow_independently(model_and_inputs):
+    model, inputs, spans = model_and_inputs
+    first = split_inputs(inputs, spans)[0]
+    cache = LoomCache()
+    model(**first, past_key_values=cache)
+    fork = cache.fork()
+    model(**first, past_key_values=fork)
+    assert fork.get_seq_length() == 2 * cache.get_seq_length()
+    assert fork.next_position.item() == 2 * cache.next_position.item()
+
+
+@torch.no_grad()
+def test_experts_route_by_token_type(model_and_inputs):
+    """Generation-expert weights act on latent tokens only; understanding weights on text and ViT tokens."""
+    model, inputs, spans = model_and_inputs
+    before = model(**inputs)
+    layer = model.model.language_model.layers[-1]
+    original = layer.mlp_moe_gen.down_proj.weight.clone()
+    layer.mlp_moe_gen.down_proj.weight.add_(1.0)
+    after = model(**inputs)
+    changed = (after.last_hidden_state - before.last_hidden_state).abs().amax(-1)[0]
+    latent_tokens = torch.zeros_like(changed, dtype=torch.bool)
+    latent_tokens[spans["latent"].start + 1 : spans["latent"].stop - 1] = True
+    assert (changed[latent_tokens] > 1e-3).all()
+    # In the last layer nothing reads the latents' MLP output again: every other token is unchanged.
+    assert (changed[~latent_tokens] == 0).all()
+
+    layer.mlp_moe_gen.down_proj.weight.copy_(original)
+    layer.mlp.down_proj.weight.add_(1.0)
+    changed = (model(**inputs).last_hidden_state - before.last_hidden_state).abs().amax(-1)[0]
+    assert (changed[~latent_tokens] > 1e-3).all() and (changed[latent_tokens] == 0).all()
+
+
+@pytest.mark.parametrize("implementation", ["eager", pytest.param("flex_attention", marks=pytest.mark.slow)])
+@torch.no_grad()
+def test_attention_backends_agree(model_and_inputs, implementation):
+    model, inputs, _ = model_and_inputs
+    reference = model(**inputs)
+    model.set_attn_implementation(implementation)
+    output = model(**inputs)
+    torch.testing.assert_close(output.last_hidden_state, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(output.velocity, reference.velocity, atol=1e-5, rtol=1e-4)
+
+
+def test_flash_attention_rejects_mixed_training_sequences(model_and_inputs):
+    """Flash attention can only run all-text or single-block queries; anything else is refused clearly."""
+    from loom_hf.modeling.modeling_loom import LoomTextModel
+
+    assert LoomTextModel._flash_is_causal(None, None, None) is True
+    assert LoomTextModel._flash_is_causal(torch.zeros(1, 4, dtype=torch.long), None, None) is False
+    with pytest.raises(ValueError, match="exactly one image block"):
+        LoomTextModel._flash_is_causal(torch.tensor([[-1, 0, 0]]), None, None)
+    with pytest.raises(ValueError, match="training"):
+        LoomTextModel._flash_is_causal(None, None, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_activation_checkpointing_gives_the_same_gradients(model_and_inputs):
+    model, inputs, _ = model_and_inputs
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        output = model(**inputs)
+        (output.velocity.square().mean() + output.logits.float().logsumexp(-1).mean()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.activation_checkpointing_enable()
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and any("moe_gen" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_frame_table_is_off_by_default_and_a_no_op_when_zero(model_and_inputs):
+    model, inputs, spans = model_and_inputs
+    with pytest.raises(ValueError, match="max_frames"):
+        model(**inputs, frame_ids=torch.zeros_like(inputs["input_ids"]))
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    plain = LoomForInterleavedGeneration(tiny_config(tokenizer)).eval()
+    torch.manual_seed(0)
+    framed = LoomForInterleavedGeneration(tiny_config(tokenizer, max_frames=4)).eval()
+    assert torch.count_nonzero(framed.model.frame_embed.weight) == 0
+    frames = torch.full_like(inputs["input_ids"], -1)
+    frames[0, spans["latent"]] = 2
+    torch.testing.assert_close(framed(**inputs, frame_ids=frames).velocity, plain(**inputs).velocity)
+    with pytest.raises(ValueError, match="frame table holds 4"):
+        framed(**inputs, frame_ids=frames + 3)
+
+
+def test_scatter_checks_token_counts(model_and_inputs):
+    model, inputs, _ = model_and_inputs
+    with pytest.raises(ValueError, match="3 ViT tokens"):
+        model(**{**inputs, "pixel_values": inputs["pixel_values"][:3], "image_grid_hw": torch.tensor([[1, 3]])})
+
+
+@torch.no_grad()
+def test_generate_answers_like_the_official_understanding_path(bagel_pipeline, fixture_cases):
+    """`model.generate()` on the processor's prompt gives the official greedy answer to the understanding case."""
+    from safetensors.torch import load_file
+
+    case = next(c for c in fixture_cases["cases"] if c["name"] == "understand")
+    reference = load_file(FIXTURE / case["tensors"])["text_ids"].tolist()
+    processor, model = bagel_pipeline.processor, bagel_pipeline.model
+    inputs = processor(inputs=[Image.open(FIXTURE / "img_a.png"), "What is drawn here?"])
+    output = model.generate(**inputs, max_new_tokens=len(reference) - 1, do_sample=False)
+    prompt_length = inputs["input_ids"].shape[1]
+    # The prompt ends with the start token the official decoder is primed with.
+    assert output[0, prompt_length - 1 :].tolist() == reference
+
+
+@torch.no_grad()
+def test_generate_text_only(tiny_pipe):
+    processor, model = tiny_pipe.processor, tiny_pipe.model
+    inputs = processor(text="Draw a red house")
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    segment = tiny_pipe(["Draw a red house"], task="text", max_new_tokens=6).segments[0]
+    generated = output[0, inputs["input_ids"].shape[1] :].tolist()
+    assert generated[: len(segment.token_ids)] == segment.token_ids
+
+
+def test_auto_classes_and_bit_exact_round_trip(tiny_pipe, tmp_path):
+    model, processor = tiny_pipe.model, tiny_pipe.processor
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), LoomConfig)
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path), LoomProcessor)
+    for auto_class in (AutoModel, AutoModelForMultimodalLM):
+        loaded = auto_class.from_pretrained(tmp_path)
+        assert isinstance(loaded, LoomForInterleavedGeneration)
+        expected, actual = model.state_dict(), loaded.state_dict()
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[k], actual[k]) for k in expected)
+        # Non-persistent buffers (sin-cos tables, RoPE frequencies) are rebuilt identically.
+        assert torch.equal(loaded.model.latent_pos_embed.table, model.model.latent_pos_embed.table)
+        assert torch.equal(
+            loaded.model.language_model.rotary_emb.inv_freq, model.model.language_model.rotary_emb.inv_freq
+        )

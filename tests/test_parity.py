@@ -1,0 +1,97 @@
+"""The bagel-tiny release, run through the public pipeline call, reproduces the official BAGEL code's outputs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from .conftest import FIXTURE
+
+CASE_NAMES = ["understand", "t2i_cfg_text", "edit_cfg_text_img", "think_t2i"]
+
+
+def to_diffusers_layout(tokens: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """The fixture's packed `(h·w, 2·2·16)` tokens in diffusers layout (the formula of the design document)."""
+    return tokens.view(grid_h, grid_w, 2, 2, 16).permute(4, 0, 2, 1, 3).reshape(1, 16, 2 * grid_h, 2 * grid_w)
+
+
+def load_case(cases: dict, name: str):
+    case = next(c for c in cases["cases"] if c["name"] == name)
+    inputs = [Image.open(FIXTURE / item) if item.endswith(".png") else item for item in case["inputs"]]
+    return case, inputs, load_file(FIXTURE / case["tensors"])
+
+
+def official_kwargs(kwargs: dict) -> dict:
+    """The official `interleave_inference` arguments as pipeline arguments."""
+    return {
+        "think": kwargs.get("think", False),
+        # The official `max_think_token_n` counts the start token the decoder is primed with.
+        "max_new_tokens": kwargs.get("max_think_token_n", 1000) - 1,
+        "do_sample": kwargs.get("do_sample", False),
+    }
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_fixture_case(bagel_pipeline, fixture_cases, name):
+    case, inputs, reference = load_case(fixture_cases, name)
+    kwargs = case["kwargs"]
+    bos = fixture_cases["config"]["new_token_ids"]["bos_token_id"]
+
+    if kwargs.get("understanding_output"):
+        output = bagel_pipeline(inputs, task="text", **official_kwargs(kwargs))
+        assert [bos, *output.segments[0].token_ids] == reference["text_ids"].tolist()
+        assert output.texts == [case["outputs"][0]["text"]]
+        return
+
+    width, height = case["outputs"][-1]["size_wh"]
+    grid_h, grid_w = height // 16, width // 16
+    output = bagel_pipeline(
+        inputs,
+        task="image",
+        num_inference_steps=kwargs["num_timesteps"] - 1,
+        guidance_scale=kwargs["cfg_text_scale"],
+        image_guidance_scale=kwargs["cfg_img_scale"],
+        guidance_interval=tuple(kwargs["cfg_interval"]),
+        guidance_renorm=kwargs.get("cfg_renorm_type", "global"),
+        guidance_renorm_min=kwargs.get("cfg_renorm_min", 0.0),
+        timestep_shift=kwargs["timestep_shift"],
+        height=height if "image_shapes" in kwargs else None,
+        width=width if "image_shapes" in kwargs else None,
+        latents=to_diffusers_layout(reference["init_noise"], grid_h, grid_w),
+        output_type="latent",
+        **official_kwargs(kwargs),
+    )
+    if "text_ids" in reference:
+        assert [bos, *output.segments[0].token_ids] == reference["text_ids"].tolist()
+        assert output.texts == [case["outputs"][0]["text"]]
+    final = output.images[0]
+    expected = to_diffusers_layout(reference["final_latent"], grid_h, grid_w)
+    assert final.shape == expected.shape
+    torch.testing.assert_close(final, expected, atol=1e-4, rtol=0)
+
+    decoded = np.asarray(bagel_pipeline.decode_latents(final, "pil")).astype(int)
+    assert np.abs(decoded - reference["decoded_uint8"].numpy().astype(int)).max() <= 1
+
+
+def test_decoded_image_output_types(bagel_pipeline, fixture_cases):
+    """The same run decoded as PIL, numpy and torch agrees with the official uint8 image within one level."""
+    case, inputs, reference = load_case(fixture_cases, "t2i_cfg_text")
+    kwargs = case["kwargs"]
+    common = dict(
+        num_inference_steps=kwargs["num_timesteps"] - 1,
+        guidance_scale=kwargs["cfg_text_scale"],
+        image_guidance_scale=kwargs["cfg_img_scale"],
+        guidance_interval=tuple(kwargs["cfg_interval"]),
+        timestep_shift=kwargs["timestep_shift"],
+        latents=to_diffusers_layout(reference["init_noise"], 4, 4),
+    )
+    expected = reference["decoded_uint8"].numpy().astype(int)
+    image = bagel_pipeline(inputs, output_type="pil", **common).images[0]
+    array = bagel_pipeline(inputs, output_type="np", **common).images[0]
+    tensor = bagel_pipeline(inputs, output_type="pt", **common).images[0]
+    assert image.size == (64, 64)
+    assert array.shape == (64, 64, 3) and tensor.shape == (3, 64, 64)
+    assert np.abs(np.asarray(image).astype(int) - expected).max() <= 1
+    assert np.abs(np.round(array * 255).astype(int) - expected).max() <= 1
+    assert np.abs(np.round(tensor.permute(1, 2, 0).numpy() * 255).astype(int) - expected).max() <= 1

@@ -1,0 +1,186 @@
+"""Pipeline behaviour: argument checks, image modes, sizes, callbacks, seeding, saving and loading."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loom_hf import ImageSegment, LoomInterleavedPipeline, TextSegment
+from loom_hf.modeling.image_processing_loom import to_rgb
+
+PROMPT = ["Draw a red house"]
+
+
+@pytest.fixture
+def counted(tiny_pipe):
+    """The tiny pipeline with a counter of model forward passes."""
+    calls = []
+    forward = tiny_pipe.model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    tiny_pipe.model.forward = counting_forward
+    return tiny_pipe, calls
+
+
+BAD_CALLS = [
+    ({"inputs": []}, ValueError, "`inputs`"),
+    ({"inputs": [PROMPT[0], 3]}, TypeError, r"`inputs\[1\]`"),
+    ({"task": "video"}, ValueError, "`task`"),
+    ({"num_inference_steps": 0}, ValueError, "`num_inference_steps`"),
+    ({"guidance_scale": -1.0}, ValueError, "`guidance_scale`"),
+    ({"image_guidance_scale": -0.5}, ValueError, "`image_guidance_scale`"),
+    ({"guidance_interval": (0.5, 1.5)}, ValueError, "`guidance_interval`"),
+    ({"guidance_interval": (0.8, 0.2)}, ValueError, "`guidance_interval`"),
+    ({"guidance_renorm": "spatial"}, ValueError, "`guidance_renorm`"),
+    ({"guidance_renorm_min": 2.0}, ValueError, "`guidance_renorm_min`"),
+    ({"timestep_shift": 0.0}, ValueError, "`timestep_shift`"),
+    ({"height": 40}, ValueError, "`height`"),
+    ({"width": 0}, ValueError, "`width`"),
+    ({"height": 128}, ValueError, "`height`"),
+    ({"latents": torch.zeros(1, 4, 8, 8)}, ValueError, "`latents`"),
+    ({"latents": torch.zeros(1, 16, 8, 8), "height": 32}, ValueError, "`latents`"),
+    ({"max_new_tokens": 0}, ValueError, "`max_new_tokens`"),
+    ({"do_sample": True, "temperature": 0.0}, ValueError, "`temperature`"),
+    ({"output_type": "jpeg"}, ValueError, "`output_type`"),
+    ({"callback_on_step_end_tensor_inputs": ["noise"]}, ValueError, "`callback_on_step_end_tensor_inputs`"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"), BAD_CALLS)
+def test_bad_input_is_rejected_before_any_work(counted, overrides, error, message):
+    pipe, calls = counted
+    arguments = {"inputs": PROMPT, "num_inference_steps": 2, **overrides}
+    with pytest.raises(error, match=message):
+        pipe(**arguments)
+    assert calls == []
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "LA"])
+def test_image_modes_are_converted_not_rejected(tiny_pipe, mode):
+    image = Image.new("RGB", (48, 32), (200, 30, 30)).convert(mode)
+    output = tiny_pipe([image, "What is it?"], task="text", max_new_tokens=3)
+    assert isinstance(output.segments[0], TextSegment)
+    assert to_rgb(image).mode == "RGB"
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert to_rgb(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_output_size_follows_the_last_image_then_the_vae_default(tiny_pipe):
+    tall = Image.new("RGB", (48, 80))  # VAE rule at (64, 32, 16): 32 x 64
+    wide = Image.new("RGB", (80, 40))  # 64 x 32
+    assert tiny_pipe([tall, wide, "edit"], num_inference_steps=1).images[0].size == (64, 32)
+    assert tiny_pipe([wide, tall, "edit"], num_inference_steps=1).images[0].size == (32, 64)
+    assert tiny_pipe(PROMPT, num_inference_steps=1).images[0].size == (64, 64)
+    assert tiny_pipe(PROMPT, num_inference_steps=1, height=32, width=48).images[0].size == (48, 32)
+
+
+def test_output_types_and_segments(tiny_pipe):
+    latent = tiny_pipe(PROMPT, num_inference_steps=1, height=32, width=32, output_type="latent").images[0]
+    assert latent.shape == (1, 16, 4, 4)
+    array = tiny_pipe(PROMPT, num_inference_steps=1, height=32, width=32, output_type="np").images[0]
+    assert array.shape == (32, 32, 3) and array.dtype == np.float32
+    tensor = tiny_pipe(PROMPT, num_inference_steps=1, height=32, width=32, output_type="pt").images[0]
+    assert tensor.shape == (3, 32, 32)
+    thought = tiny_pipe(PROMPT, think=True, max_new_tokens=3, num_inference_steps=1, height=32, width=32)
+    assert [type(s) for s in thought.segments] == [TextSegment, ImageSegment]
+    (segments,) = tiny_pipe(PROMPT, num_inference_steps=1, return_dict=False)
+    assert isinstance(segments[0], ImageSegment)
+
+
+def test_generator_reproduces_and_seeds_differ(tiny_pipe):
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return tiny_pipe(PROMPT, num_inference_steps=2, height=32, width=32, output_type="latent",
+                         generator=generator).images[0]  # fmt: skip
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_sampled_text_is_seeded(tiny_pipe):
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return tiny_pipe(PROMPT, task="text", do_sample=True, temperature=1.5, max_new_tokens=8,
+                         generator=generator).segments[0].token_ids  # fmt: skip
+
+    assert run(3) == run(3)
+
+
+def test_callback_sees_every_step_and_can_replace_latents(tiny_pipe):
+    steps = []
+
+    def callback(pipe, step, timestep, tensors):
+        steps.append(step)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    latent = tiny_pipe(PROMPT, num_inference_steps=3, height=32, width=32, output_type="latent",
+                       callback_on_step_end=callback).images[0]  # fmt: skip
+    assert steps == [0, 1, 2]
+    assert torch.count_nonzero(latent) == 0
+
+
+@pytest.mark.parametrize(
+    ("guidance_scale", "image_guidance_scale", "forwards_per_step"), [(1.0, 2.0, 1), (4.0, 1.0, 2), (4.0, 2.0, 3)]
+)
+def test_guidance_contexts_evaluated(counted, guidance_scale, image_guidance_scale, forwards_per_step):
+    """Each step runs the conditional context, plus the text- and image-free ones only when their scale is on."""
+    pipe, calls = counted
+    image = Image.new("RGB", (32, 32))
+    pipe([image, PROMPT[0]], num_inference_steps=2, guidance_scale=guidance_scale,
+         image_guidance_scale=image_guidance_scale)  # fmt: skip
+    context_forwards = 2 + 1 + 1  # image: latent block + ViT block; the text in the conditional and image-free caches
+    assert len(calls) == context_forwards + 2 * forwards_per_step
+
+
+def test_guidance_interval_switches_guidance_off(counted):
+    pipe, calls = counted
+    pipe(PROMPT, num_inference_steps=4, guidance_interval=(0.0, 0.5))
+    # Shifted σ of the 4 steps with shift 3: 1.0, 0.9, 0.75, 0.5 -> both guidance contexts only at σ = 0.5.
+    assert len(calls) == 2 + 4 + 2
+
+
+def test_saved_pipeline_loads_offline_in_a_fresh_process(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    kwargs = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "latent"}
+    expected = tiny_pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kwargs).images[0]
+    script = f"""
+import json, os, torch
+assert os.environ["HF_HUB_OFFLINE"] == "1"
+from loom_hf import LoomInterleavedPipeline
+pipe = LoomInterleavedPipeline.from_pretrained({str(tmp_path / "pipe")!r})
+pipe.set_progress_bar_config(disable=True)
+latent = pipe({PROMPT!r}, generator=torch.Generator().manual_seed(0), **{kwargs!r}).images[0]
+torch.save(latent, {str(tmp_path / "latent.pt")!r})
+print(json.dumps([type(pipe.model).__name__, type(pipe.processor).__name__]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**_env(), "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["LoomForInterleavedGeneration", "LoomProcessor"]
+    assert torch.equal(torch.load(tmp_path / "latent.pt"), expected)
+
+
+def _env() -> dict:
+    import os
+
+    return dict(os.environ)
+
+
+def test_pipeline_class_is_recorded(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "LoomInterleavedPipeline"
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert isinstance(LoomInterleavedPipeline.from_pretrained(tmp_path), LoomInterleavedPipeline)
