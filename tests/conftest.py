@@ -23,16 +23,27 @@ def fixture_cases() -> dict:
     return json.loads((FIXTURE / "cases.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def bagel_pipeline():
-    """The bagel-tiny release loaded through the public `from_bagel` (shared: tests must not modify it)."""
+def load_fixture_pipeline(**kwargs):
     from loom_hf import LoomInterleavedPipeline
 
     pipe = LoomInterleavedPipeline.from_bagel(
-        FIXTURE / "checkpoint", vae_image_size=FIXTURE_VAE_SIZE, vit_image_size=FIXTURE_VIT_SIZE
+        FIXTURE / "checkpoint", vae_image_size=FIXTURE_VAE_SIZE, vit_image_size=FIXTURE_VIT_SIZE, **kwargs
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def bagel_pipeline():
+    """The bagel-tiny release loaded through the public `from_bagel`, with Loom's (zero) frame table and entity
+    tokens (shared: tests must not modify it)."""
+    return load_fixture_pipeline()
+
+
+@pytest.fixture(scope="session")
+def plain_bagel_pipeline():
+    """The bagel-tiny release as plain BAGEL: no frame table (`max_frames=0`), no entity tokens."""
+    return load_fixture_pipeline(max_frames=0, entity_tokens=())
 
 
 @pytest.fixture

@@ -49,6 +49,8 @@ def test_every_release_tensor_is_used(bagel_pipeline):
     with safe_open(FIXTURE / "checkpoint" / "ema.safetensors", framework="pt") as release:
         keys = set(release.keys())
     parameters = dict(bagel_pipeline.model.named_parameters())
+    # Loom's temporal table is the only parameter the release lacks; it starts at zero.
+    assert torch.count_nonzero(parameters.pop("model.frame_embed.weight")) == 0
     assert len(parameters) == len(keys) - 2
     release_tensors = load_file(FIXTURE / "checkpoint" / "ema.safetensors")
     torch.testing.assert_close(
@@ -63,6 +65,16 @@ def test_every_release_tensor_is_used(bagel_pipeline):
     )
     vae_tensors = load_file(FIXTURE / "checkpoint" / "ae.safetensors")
     assert sum(p.numel() for p in bagel_pipeline.vae.parameters()) == sum(t.numel() for t in vae_tensors.values())
+
+
+def test_entity_tokens_take_spare_rows(bagel_pipeline):
+    from loom_hf.modeling.processing_loom import ENTITY_TOKENS
+
+    tokenizer, model = bagel_pipeline.processor.tokenizer, bagel_pipeline.model
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in ENTITY_TOKENS]
+    assert sorted(ids) == model.config.entity_token_ids and max(ids) < 640  # the release's 640 rows, not shrunk
+    assert model.get_input_embeddings().weight.shape[0] == 640
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("<upper>", add_special_tokens=False)) == ["<upper>"]
 
 
 def test_grid_sizes_come_from_tensor_shapes(bagel_pipeline):

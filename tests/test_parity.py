@@ -33,7 +33,10 @@ def official_kwargs(kwargs: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_fixture_case(bagel_pipeline, fixture_cases, name):
+@pytest.mark.parametrize("variant", ["plain_bagel_pipeline", "bagel_pipeline"])
+def test_fixture_case(request, fixture_cases, name, variant):
+    """Plain BAGEL (`max_frames=0`) and the Loom layout (zero frame table, entity tokens) both match."""
+    bagel_pipeline = request.getfixturevalue(variant)
     case, inputs, reference = load_case(fixture_cases, name)
     kwargs = case["kwargs"]
     bos = fixture_cases["config"]["new_token_ids"]["bos_token_id"]

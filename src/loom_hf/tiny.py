@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from .modeling import LoomConfig, LoomForInterleavedGeneration, LoomImageProcessor, LoomProcessor
+from .modeling.entity_tokens import add_entity_tokens
 from .pipelines import LoomInterleavedPipeline
 
 __all__ = ["SPECIAL_TOKENS", "tiny_tokenizer", "tiny_config", "tiny_vae", "tiny_pipeline"]
@@ -39,12 +40,12 @@ def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        extra_special_tokens=SPECIAL_TOKENS[1:],
     )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LoomConfig:
-    """A ~0.5M-parameter Loom configuration matching `tokenizer` (64×64 px images at most)."""
+def tiny_config(tokenizer: PreTrainedTokenizerFast, image_size: int = 64, **overrides) -> LoomConfig:
+    """A ~0.5M-parameter Loom configuration matching `tokenizer`, for images of at most `image_size` pixels."""
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     values = {
         "text_config": {
@@ -62,10 +63,10 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LoomConfig:
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "patch_size": 14,
-            "image_size": 56,
-            "max_num_patches_per_side": 4,
+            "image_size": image_size - image_size % 14,
+            "max_num_patches_per_side": image_size // 14,
         },
-        "max_latent_size": 4,
+        "max_latent_size": image_size // 16,
         "image_token_id": ids["<|image_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
@@ -92,14 +93,22 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
-def tiny_pipeline(seed: int = 0, **config_overrides) -> LoomInterleavedPipeline:
-    """A complete, randomly initialised pipeline; `config_overrides` go to [`tiny_config`]."""
+def tiny_pipeline(seed: int = 0, image_size: int = 64, **config_overrides) -> LoomInterleavedPipeline:
+    """A complete, randomly initialised pipeline for images of at most `image_size` pixels (a multiple of 32);
+    `config_overrides` go to [`tiny_config`]."""
+    if image_size < 32 or image_size % 32:
+        raise ValueError(f"`image_size` must be a multiple of 32; got {image_size}.")
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    processor = LoomProcessor(LoomImageProcessor(vae_image_size=(64, 32, 16), vit_image_size=(56, 28, 14)), tokenizer)
-    model = LoomForInterleavedGeneration(tiny_config(tokenizer, **config_overrides)).eval()
+    vit_side = image_size - image_size % 14
+    image_processor = LoomImageProcessor(
+        vae_image_size=(image_size, image_size // 2, 16), vit_image_size=(vit_side, vit_side // 28 * 14, 14)
+    )
+    processor = LoomProcessor(image_processor, tokenizer)
+    model = LoomForInterleavedGeneration(tiny_config(tokenizer, image_size, **config_overrides)).eval()
     # Random weights everywhere, including the heads BAGEL zero-initialises, so outputs depend on every input.
     torch.nn.init.normal_(model.llm2vae.weight, std=0.02)
+    add_entity_tokens(model, processor)
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id,
         eos_token_id=processor.eos_token_id,

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig
 
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
+from .entity_tokens import add_entity_tokens
 from .image_processing_loom import LoomImageProcessor
 from .modeling_loom import LoomForInterleavedGeneration, LoomPositionTable
 from .processing_loom import LoomProcessor
@@ -60,6 +61,7 @@ KEY_RENAMES = (
     ("llm2vae.", "llm2vae."),
 )
 POSITION_TABLES = ("vit_pos_embed.pos_embed", "latent_pos_embed.pos_embed")
+FRAME_TABLE = "model.frame_embed.weight"
 
 
 def check_release_folder(release_dir: str | os.PathLike) -> Path:
@@ -146,9 +148,17 @@ def _load_model(path: Path, config: LoomConfig, dtype: torch.dtype | None) -> Lo
                 tensor = tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
             state[_rename(key)] = tensor
     result = model.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
+    missing = [key for key in result.missing_keys if key != FRAME_TABLE]
+    if model.model.frame_embed is not None:
+        # BAGEL has no temporal table: a zero table adds nothing until it is trained.
+        model.model.frame_embed.weight = torch.nn.Parameter(torch.zeros_like(model.model.frame_embed.weight, device="cpu"))
+        logger.warning(
+            "The BAGEL release has no temporal frame table; its %d rows start at zero (a no-op until trained).",
+            config.max_frames,
+        )
+    if missing or result.unexpected_keys:
         raise ValueError(
-            f"ema.safetensors does not match the model: missing {result.missing_keys}, "
+            f"ema.safetensors does not match the model: missing {missing}, "
             f"unexpected {result.unexpected_keys}."
         )
     if dtype is not None:
@@ -198,6 +208,8 @@ def load_bagel_release(
     vae_image_size: tuple[int, int, int] = (1024, 512, 16),
     vit_image_size: tuple[int, int, int] = (980, 224, 14),
     dtype: torch.dtype | None = None,
+    max_frames: int = 0,
+    entity_tokens: tuple[str, ...] = (),
 ) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
     """Model, VAE and processor of a BAGEL release folder.
 
@@ -205,6 +217,8 @@ def load_bagel_release(
         release_dir: folder in the `ByteDance-Seed/BAGEL-7B-MoT` layout.
         vae_image_size / vit_image_size: (max side, min side, stride) of the two image paths.
         dtype: cast the weights (default: as stored; the release is bfloat16).
+        max_frames: rows of Loom's temporal frame table (zero-initialised; 0: no table).
+        entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
     """
     path = check_release_folder(release_dir)
     with safe_open(path / "ema.safetensors", framework="pt") as release:
@@ -236,6 +250,7 @@ def load_bagel_release(
         vae_downsample=2 ** (len(ae["ch_mult"]) - 1),
         max_latent_size=_square_side(shapes["latent_pos_embed.pos_embed"][0], "latent_pos_embed"),
         connector_act=CONNECTOR_ACT,
+        max_frames=max_frames,
         image_token_id=processor.image_token_id,
         vision_start_token_id=processor.vision_start_token_id,
         vision_end_token_id=processor.vision_end_token_id,
@@ -246,4 +261,6 @@ def load_bagel_release(
         eos_token_id=processor.eos_token_id,
         pad_token_id=processor.tokenizer.pad_token_id,
     )
+    if entity_tokens:
+        add_entity_tokens(model, processor, entity_tokens)
     return model, vae, processor

@@ -8,7 +8,22 @@ from transformers.processing_utils import ProcessorMixin
 from .image_processing_loom import LoomImageProcessor
 from .packing import TokenType, image_block_ids, rope_position_ids
 
-__all__ = ["LoomProcessor"]
+__all__ = ["LoomProcessor", "ENTITY_TOKENS"]
+
+# Loom's entity tokens: handles for the subjects of compositional, decomposition and style prompts.
+ENTITY_TOKENS = (
+    "<model>",
+    "<garment>",
+    "<upper>",
+    "<lower>",
+    "<bag>",
+    "<shoes>",
+    "<hat>",
+    "<product>",
+    "<object>",
+    "<style>",
+    "<scene>",
+)
 
 
 class LoomProcessor(ProcessorMixin):
@@ -43,7 +58,7 @@ class LoomProcessor(ProcessorMixin):
         if missing:
             raise ValueError(f"`tokenizer` lacks BAGEL's special tokens {missing}.")
         if self.image_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [self.image_token]})
+            tokenizer.add_special_tokens({"extra_special_tokens": [self.image_token]}, replace_extra_special_tokens=False)
 
     def token_id(self, token: str) -> int:
         return self.tokenizer.convert_tokens_to_ids(token)

@@ -1,10 +1,33 @@
 """BAGEL's three-context classifier-free guidance with norm rescaling ("renorm")."""
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["GUIDANCE_RENORMS", "guided_velocity", "guidance_active"]
+__all__ = ["GUIDANCE_RENORMS", "GuidanceConfig", "guided_velocity", "guidance_active"]
 
 GUIDANCE_RENORMS = ("global", "channel", "text_channel")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """The guidance of one image: BAGEL's text/image scales, interval and renorm, and Loom's entity scale.
+
+    `entity_scale` replaces `scale` inside the entity masks (localized guidance); `None` when no mask is given.
+    """
+
+    scale: float = 4.0
+    image_scale: float = 2.0
+    interval: tuple[float, float] = (0.0, 1.0)
+    renorm: str = "global"
+    renorm_min: float = 0.0
+    entity_scale: float | None = None
+
+    def scales_at(self, sigma: float) -> tuple[float, float, float | None]:
+        """(text, image, entity) scales at flow time `sigma`: all off outside the interval."""
+        if not guidance_active(sigma, self.interval):
+            return 1.0, 1.0, None if self.entity_scale is None else 1.0
+        return self.scale, self.image_scale, self.entity_scale
 
 
 def guidance_active(sigma: float, interval: tuple[float, float]) -> bool:

@@ -16,11 +16,19 @@ from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper
 
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from ..modeling.convert_bagel import load_bagel_release
-from ..modeling.packing import pack_latents, unpack_latents
-from .guidance import GUIDANCE_RENORMS, guidance_active, guided_velocity
+from ..modeling.processing_loom import ENTITY_TOKENS
+from ..modeling.packing import HISTORY_MODES, history_frame_indices, pack_latents, unpack_latents
+from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
+from .planning import format_plan, parse_plan, plan_instruction, step_turn
 
-__all__ = ["LoomInterleavedPipeline", "GuidanceContexts", "GEN_THINK_SYSTEM_PROMPT", "VLM_THINK_SYSTEM_PROMPT"]
+__all__ = [
+    "LoomInterleavedPipeline",
+    "GuidanceContexts",
+    "EncodedImage",
+    "GEN_THINK_SYSTEM_PROMPT",
+    "VLM_THINK_SYSTEM_PROMPT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +43,7 @@ VLM_THINK_SYSTEM_PROMPT = (
     "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
     "answer here"
 )
-TASKS = ("image", "text")
+TASKS = ("image", "text", "interleaved")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 EXAMPLE_DOC_STRING = """
@@ -53,6 +61,16 @@ EXAMPLE_DOC_STRING = """
         >>> answer = pipe([Image.open("cat.png"), "What animal is this?"], task="text").texts[0]
         ```
 """
+
+
+@dataclass
+class EncodedImage:
+    """An image ready to enter a context, encoded once: clean latent tokens and ViT patches with their grids."""
+
+    latent_tokens: torch.Tensor | None = None
+    latent_grid: tuple[int, int] | None = None
+    vit_patches: torch.Tensor | None = None
+    vit_grid: tuple[int, int] | None = None
 
 
 @dataclass
@@ -107,6 +125,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model, vae=vae, scheduler=scheduler, processor=processor)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
+        self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
 
     @classmethod
     def from_bagel(
@@ -116,6 +135,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         vit_image_size: tuple[int, int, int] = (980, 224, 14),
         dtype: torch.dtype | None = None,
         timestep_shift: float = 3.0,
+        max_frames: int = 16,
+        entity_tokens: tuple[str, ...] = ENTITY_TOKENS,
     ) -> "LoomInterleavedPipeline":
         """Pipeline of an official BAGEL release folder (`ByteDance-Seed/BAGEL-7B-MoT` layout).
 
@@ -125,8 +146,13 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             vae_image_size / vit_image_size: (max side, min side, stride) of the VAE and ViT image paths.
             dtype: cast the model and VAE (default: as stored).
             timestep_shift: default shift of the sampling schedule (BAGEL's inference default is 3.0).
+            max_frames: rows of Loom's temporal frame table; BAGEL has none, so it starts at zero (a no-op until
+                fine-tuned). 0 builds the plain BAGEL model.
+            entity_tokens: Loom's entity tokens, added to the tokenizer and placed into spare embedding rows.
         """
-        model, vae, processor = load_bagel_release(release_dir, vae_image_size, vit_image_size, dtype)
+        model, vae, processor = load_bagel_release(
+            release_dir, vae_image_size, vit_image_size, dtype, max_frames, entity_tokens
+        )
         return cls(model, vae, FlowMatchEulerDiscreteScheduler(shift=timestep_shift), processor)
 
     @property
@@ -158,17 +184,26 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         device = self._execution_device
         self.model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, logits_to_keep=1)
 
-    def encode_image_latents(self, image: PIL.Image.Image) -> torch.Tensor:
-        """Normalised VAE latents `(1, C, H/8, W/8)` of an image already resized for the VAE (posterior mean)."""
-        pixels = self.processor.image_processor.vae_pixel_values(image)
-        pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode()
-        return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+    def encode_image(self, image: PIL.Image.Image, use_vae: bool = True, use_vit: bool = True) -> EncodedImage:
+        """Clean latent tokens (VAE posterior mean) and ViT patches of an image already resized for the VAE."""
+        encoded = EncodedImage()
+        if use_vae:
+            pixels = self.processor.image_processor.vae_pixel_values(image)
+            pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
+            latents = self.vae.encode(pixels).latent_dist.mode()
+            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            patch = self.model.config.latent_patch_size
+            encoded.latent_tokens = pack_latents(latents.float(), patch)
+            encoded.latent_grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
+        if use_vit:
+            patches, encoded.vit_grid = self.processor.image_processor.vit_patches(image)
+            encoded.vit_patches = patches.to(self._execution_device)
+        return encoded
 
     def append_image(
         self,
         cache: LoomCache,
-        image: PIL.Image.Image,
+        image: PIL.Image.Image | EncodedImage,
         use_vae: bool = True,
         use_vit: bool = True,
         frame_index: int | None = None,
@@ -177,15 +212,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
         `frame_index` adds Loom's temporal embedding of that frame to the image's tokens.
         """
-        device = self._execution_device
+        encoded = image if isinstance(image, EncodedImage) else self.encode_image(image, use_vae, use_vit)
         if use_vae:
-            latents = self.encode_image_latents(image)
-            tokens = pack_latents(latents.float(), self.model.config.latent_patch_size)
-            grid = (latents.shape[-2] // 2, latents.shape[-1] // 2)
-            self._forward_block(cache, TokenType.LATENT, tokens, grid, timestep=0.0, frame_index=frame_index)
+            self._forward_block(cache, TokenType.LATENT, encoded.latent_tokens, encoded.latent_grid, 0.0, frame_index)
         if use_vit:
-            patches, grid = self.processor.image_processor.vit_patches(image)
-            self._forward_block(cache, TokenType.VIT, patches.to(device), grid, frame_index=frame_index)
+            self._forward_block(cache, TokenType.VIT, encoded.vit_patches, encoded.vit_grid, None, frame_index)
 
     def _forward_block(
         self,
@@ -199,9 +230,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """Run one image block (ViT patches or latent tokens) against `cache`; returns the model output."""
         device = self._execution_device
         ids, types = self.processor.image_block(tokens.shape[0], token_type)
+        token_types = torch.tensor([types], device=device)
         inputs = {
             "input_ids": torch.tensor([ids], device=device),
-            "mm_token_type_ids": torch.tensor([types], device=device),
+            "mm_token_type_ids": token_types,
             "past_key_values": cache,
             "logits_to_keep": 1,
         }
@@ -212,15 +244,22 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             timesteps = torch.as_tensor(timestep, dtype=torch.float32, device=device).reshape(1)
             inputs.update(latents=tokens.to(device), latent_grid_hw=grid_tensor, timesteps=timesteps)
         if frame_index is not None:
-            frames = torch.full_like(inputs["input_ids"], int(frame_index))
-            inputs["frame_ids"] = frames
+            # The temporal embedding goes on the visual tokens, not on the block markers.
+            inputs["frame_ids"] = torch.where(token_types != TokenType.TEXT, int(frame_index), -1)
         return self.model(**inputs)
 
     def encode_context(
-        self, inputs: list[str | PIL.Image.Image], system_prompt: str | None = None, use_vae: bool = True
+        self,
+        inputs: list[str | PIL.Image.Image],
+        system_prompt: str | None = None,
+        use_vae: bool = True,
+        contexts: GuidanceContexts | None = None,
     ) -> GuidanceContexts:
-        """Encode the interleaved inputs into the three guidance contexts, as the official inferencer does."""
-        contexts = GuidanceContexts.empty()
+        """Encode the interleaved inputs into the three guidance contexts, as the official inferencer does.
+
+        Appends to `contexts` when given (the inputs continue an existing context).
+        """
+        contexts = contexts or GuidanceContexts.empty()
         if system_prompt is not None:
             self.append_text(contexts.cond, system_prompt)
             self.append_text(contexts.image_uncond, system_prompt)
@@ -283,19 +322,51 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         return output.velocity.float()
 
     def prepare_latents(
-        self,
-        height: int,
-        width: int,
-        generator: torch.Generator | None,
-        latents: torch.Tensor | None,
+        self, height: int, width: int, generator: torch.Generator | None, latents: torch.Tensor | None
     ) -> torch.Tensor:
-        shape = (1, self.model.config.latent_channels, height // self.model.config.vae_downsample,
-                 width // self.model.config.vae_downsample)
+        """Initial noise in diffusers layout `(1, C, height / 8, width / 8)` (drawn on the CPU for reproducibility)."""
         if latents is not None:
             return latents.to(device=self._execution_device, dtype=torch.float32)
-        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(
-            self._execution_device
-        )
+        downsample = self.model.config.vae_downsample
+        shape = (1, self.model.config.latent_channels, height // downsample, width // downsample)
+        noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        return noise.to(self._execution_device)
+
+    def guided_step_velocity(
+        self,
+        contexts: GuidanceContexts,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        guidance: GuidanceConfig,
+        frame_index: int | None = None,
+        entity_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Guided velocity of one Euler step, in diffusers layout.
+
+        Runs the conditional context, plus the text-free and image-free contexts when their scales are on. Inside
+        `entity_weights` (latent-resolution mask in [0, 1]) the text scale is `guidance.entity_scale` instead.
+        """
+        text_scale, image_scale, entity_scale = guidance.scales_at(float(sigma))
+        highest = max(text_scale, entity_scale or 1.0)
+        cond = self.latent_velocity(contexts.cond, latents, sigma, frame_index)
+        text_uncond = image_uncond = None
+        if highest > 1.0:
+            text_uncond = self.latent_velocity(contexts.text_uncond, latents, sigma, frame_index)
+            if image_scale > 1.0:
+                image_uncond = self.latent_velocity(contexts.image_uncond, latents, sigma, frame_index)
+        patch = self.model.config.latent_patch_size
+        grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
+
+        def combine(scale: float) -> torch.Tensor:
+            packed = guided_velocity(
+                cond, text_uncond, image_uncond, scale, image_scale, guidance.renorm, guidance.renorm_min
+            )
+            return unpack_latents(packed, *grid, patch_size=patch)
+
+        velocity = combine(text_scale)
+        if entity_weights is not None:
+            velocity = torch.lerp(velocity, combine(entity_scale), entity_weights)
+        return velocity
 
     def generate_image_latents(
         self,
@@ -303,26 +374,17 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         height: int,
         width: int,
         num_inference_steps: int,
-        guidance_scale: float,
-        image_guidance_scale: float,
-        guidance_interval: tuple[float, float],
-        guidance_renorm: str,
-        guidance_renorm_min: float,
+        guidance: GuidanceConfig,
         timestep_shift: float,
         latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         frame_index: int | None = None,
+        entity_weights: torch.Tensor | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
-        velocity_fn: Callable | None = None,
     ) -> torch.Tensor:
-        """Euler flow sampling of one image; returns the final diffusers-layout latents.
-
-        `velocity_fn(latents, sigma, velocities)` may replace the guided velocity (entity-localized guidance).
-        """
+        """Euler flow sampling of one image; returns the final diffusers-layout latents."""
         latents = self.prepare_latents(height, width, generator, latents)
-        patch = self.model.config.latent_patch_size
-        grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         self.scheduler.set_shift(timestep_shift)
         self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1], device=latents.device)
         timesteps = self.scheduler.timesteps
@@ -332,22 +394,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 sigma = self.scheduler.sigmas[i]
-                active = guidance_active(float(sigma), guidance_interval)
-                text_scale = guidance_scale if active else 1.0
-                image_scale = image_guidance_scale if active else 1.0
-                velocity = self.latent_velocity(contexts.cond, latents, sigma, frame_index)
-                text_uncond = image_uncond = None
-                if text_scale > 1.0:
-                    text_uncond = self.latent_velocity(contexts.text_uncond, latents, sigma, frame_index)
-                    if image_scale > 1.0:
-                        image_uncond = self.latent_velocity(contexts.image_uncond, latents, sigma, frame_index)
-                guided = guided_velocity(
-                    velocity, text_uncond, image_uncond, text_scale, image_scale, guidance_renorm, guidance_renorm_min
-                )
-                if velocity_fn is not None:
-                    guided = velocity_fn(latents, sigma, guided, velocity, text_uncond, image_uncond)
-                noise_pred = unpack_latents(guided, *grid, patch_size=patch)
-                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                velocity = self.guided_step_velocity(contexts, latents, sigma, guidance, frame_index, entity_weights)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     step_tensors = {"latents": latents}
                     callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs}
@@ -365,18 +413,109 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         image = self.vae.decode(scaled.to(self.vae.dtype), return_dict=False)[0]
         return self.image_processor.postprocess(image.float(), output_type=output_type)[0]
 
+    def entity_weights(self, entity_masks: dict, height: int, width: int) -> torch.Tensor:
+        """Union of the entity masks at latent resolution: `(1, 1, height / 8, width / 8)` weights in [0, 1]."""
+        downsample = self.model.config.vae_downsample
+        masks = []
+        for token, mask in entity_masks.items():
+            if isinstance(mask, PIL.Image.Image):
+                mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+            mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).float()
+            mask = mask.squeeze()
+            if mask.shape != (height, width):
+                raise ValueError(
+                    f"`entity_masks[{token!r}]` must be {height}x{width} (the output image); got {tuple(mask.shape)}."
+                )
+            masks.append(mask.clamp(0, 1))
+        union = torch.stack(masks).amax(dim=0)[None, None]
+        weights = torch.nn.functional.interpolate(union, size=(height // downsample, width // downsample), mode="area")
+        return weights.to(self._execution_device)
+
+    # ---------------------------------------------------------------- tutorials
+
+    def frame_contexts(
+        self,
+        base: GuidanceContexts,
+        frames: list[EncodedImage],
+        step_index: int,
+        step_text: str,
+        max_history_frames: int,
+        history: str,
+    ) -> tuple[GuidanceContexts, list[int]]:
+        """Contexts that render frame `step_index` (0-based): the shared instruction + plan prefix, the chosen
+        earlier frames as clean latent + ViT blocks with their temporal indices, then the step's text turn."""
+        contexts = base.fork()
+        chosen = history_frame_indices(step_index, max_history_frames, history)
+        for index in chosen:
+            self.append_image(contexts.cond, frames[index], frame_index=self._frame_index(index))
+        contexts.text_uncond = contexts.cond.fork()
+        ids = self.processor.text_block(step_turn(step_index + 1, step_text))
+        self.append_text(contexts.cond, ids)
+        self.append_text(contexts.image_uncond, ids)
+        return contexts, chosen
+
+    def _frame_index(self, index: int) -> int | None:
+        """The temporal-table row of frame `index`, or `None` when the model has no table."""
+        return index if self.model.config.max_frames > 0 else None
+
+    def generate_tutorial(
+        self,
+        inputs: list[str | PIL.Image.Image],
+        plan: list[str] | None,
+        num_steps: int | None,
+        size: tuple[int, int],
+        image_kwargs: dict,
+        text_kwargs: dict,
+        max_history_frames: int,
+        history: str,
+        output_type: str,
+        emit: Callable[[TextSegment | ImageSegment], None],
+    ) -> list[str]:
+        """Plan first, then render every step: Loom's interleaved generation. Returns the plan's steps."""
+        instruction = plan_instruction(inputs[-1], num_steps)
+        base = self.encode_context([*inputs[:-1], instruction])
+        if plan is None:
+            written = self.generate_text(base.cond, **text_kwargs)
+            plan = parse_plan(written.text)[: num_steps or self._max_tutorial_steps()]
+            if not plan:
+                raise ValueError(
+                    f"The model's plan could not be parsed into steps: {written.text!r}. Pass `plan=[...]` to skip "
+                    "planning."
+                )
+        plan_text = format_plan(plan)
+        emit(TextSegment(text=plan_text, token_ids=self.processor.tokenizer.encode(plan_text, add_special_tokens=False)))
+        self.encode_context([plan_text], contexts=base)
+
+        frames: list[EncodedImage] = []
+        for index, step_text in enumerate(plan):
+            turn = step_turn(index + 1, step_text)
+            emit(TextSegment(text=turn, token_ids=self.processor.tokenizer.encode(turn, add_special_tokens=False)))
+            contexts, _ = self.frame_contexts(base, frames, index, step_text, max_history_frames, history)
+            latents = self.generate_image_latents(contexts, *size, frame_index=self._frame_index(index), **image_kwargs)
+            image = self.decode_latents(latents, "pil")
+            frames.append(self.encode_image(image))
+            if output_type != "pil":
+                image = self.decode_latents(latents, output_type)
+            emit(ImageSegment(image=image))
+        return plan
+
+    def _max_tutorial_steps(self) -> int:
+        return self.model.config.max_frames if self.model.config.max_frames > 0 else 64
+
     # ---------------------------------------------------------------- validation
 
     def check_inputs(
         self,
         inputs,
         task: str,
+        think: bool,
+        plan,
+        num_steps: int | None,
+        max_history_frames: int,
+        history: str,
         num_inference_steps: int,
-        guidance_scale: float,
-        image_guidance_scale: float,
-        guidance_interval,
-        guidance_renorm: str,
-        guidance_renorm_min: float,
+        guidance: GuidanceConfig,
+        entity_masks: dict | None,
         timestep_shift: float | None,
         height: int | None,
         width: int | None,
@@ -386,8 +525,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         temperature: float,
         output_type: str,
         callback_on_step_end_tensor_inputs,
-    ) -> None:
-        """Raise a clear error for every invalid argument, before any work starts."""
+    ) -> list[str] | None:
+        """Raise a clear error for every invalid argument, before any work starts. Returns the plan's steps when a
+        plan was given."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) == 0:
             raise ValueError("`inputs` must be a non-empty list of strings and PIL images.")
         for index, item in enumerate(inputs):
@@ -395,34 +535,34 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 raise TypeError(f"`inputs[{index}]` must be a str or a PIL.Image.Image; got {type(item).__name__}.")
         if task not in TASKS:
             raise ValueError(f"`task` must be one of {TASKS}; got {task!r}.")
+        steps = self._check_tutorial_inputs(inputs, task, think, plan, num_steps, max_history_frames, history)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1; got {num_inference_steps!r}.")
-        for name, value in (("guidance_scale", guidance_scale), ("image_guidance_scale", image_guidance_scale)):
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0 (1 or less turns it off); got {value}.")
-        if (
-            len(guidance_interval) != 2
-            or not 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
+        for name, value in (
+            ("guidance_scale", guidance.scale),
+            ("image_guidance_scale", guidance.image_scale),
+            ("entity_guidance_scale", guidance.entity_scale),
         ):
-            raise ValueError(
-                f"`guidance_interval` must be (start, end) with 0 <= start <= end <= 1; got {guidance_interval}."
-            )
-        if guidance_renorm not in GUIDANCE_RENORMS:
-            raise ValueError(f"`guidance_renorm` must be one of {GUIDANCE_RENORMS}; got {guidance_renorm!r}.")
-        if not 0.0 <= guidance_renorm_min <= 1.0:
-            raise ValueError(f"`guidance_renorm_min` must be in [0, 1]; got {guidance_renorm_min}.")
+            if value is not None and value < 0:
+                raise ValueError(f"`{name}` must be >= 0 (1 or less turns it off); got {value}.")
+        interval = guidance.interval
+        if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+            raise ValueError(f"`guidance_interval` must be (start, end) with 0 <= start <= end <= 1; got {interval}.")
+        if guidance.renorm not in GUIDANCE_RENORMS:
+            raise ValueError(f"`guidance_renorm` must be one of {GUIDANCE_RENORMS}; got {guidance.renorm!r}.")
+        if not 0.0 <= guidance.renorm_min <= 1.0:
+            raise ValueError(f"`guidance_renorm_min` must be in [0, 1]; got {guidance.renorm_min}.")
+        self._check_entity_inputs(task, entity_masks, guidance.entity_scale)
         if timestep_shift is not None and timestep_shift <= 0:
             raise ValueError(f"`timestep_shift` must be > 0; got {timestep_shift}.")
         self._check_size("height", height)
         self._check_size("width", width)
         if latents is not None:
-            if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[:2] != (
-                1,
-                self.model.config.latent_channels,
-            ):
+            channels, downsample = self.model.config.latent_channels, self.model.config.vae_downsample
+            if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[:2] != (1, channels):
                 raise ValueError(
-                    f"`latents` must be a tensor of shape (1, {self.model.config.latent_channels}, height / "
-                    f"{self.model.config.vae_downsample}, width / {self.model.config.vae_downsample}); got "
+                    f"`latents` must be a tensor of shape (1, {channels}, height / {downsample}, width / "
+                    f"{downsample}); got "
                     f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}."
                 )
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -436,6 +576,64 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}; got {unknown}."
             )
+        return steps
+
+    def _check_tutorial_inputs(self, inputs, task, think, plan, num_steps, max_history_frames, history):
+        """Checks of the interleaved-only arguments; returns the given plan's steps."""
+        if task != "interleaved":
+            for name, value in (("plan", plan), ("num_steps", num_steps)):
+                if value is not None:
+                    raise ValueError(f"`{name}` applies to task='interleaved' only.")
+            return None
+        if think:
+            raise ValueError("`think` applies to task='image' or 'text'; an interleaved tutorial always plans first.")
+        if not isinstance(inputs[-1], str):
+            raise ValueError("For task='interleaved' the last item of `inputs` must be the instruction (a string).")
+        max_frames = self.model.config.max_frames
+        if num_steps is not None:
+            if not isinstance(num_steps, int) or num_steps < 1:
+                raise ValueError(f"`num_steps` must be an integer >= 1; got {num_steps!r}.")
+            if max_frames and num_steps > max_frames:
+                raise ValueError(f"`num_steps` is {num_steps} but the model's frame table holds {max_frames} frames.")
+        if not isinstance(max_history_frames, int) or max_history_frames < 0:
+            raise ValueError(f"`max_history_frames` must be an integer >= 0; got {max_history_frames!r}.")
+        if history not in HISTORY_MODES:
+            raise ValueError(f"`history` must be one of {HISTORY_MODES}; got {history!r}.")
+        if plan is None:
+            return None
+        if isinstance(plan, str):
+            steps = parse_plan(plan)
+        elif isinstance(plan, (list, tuple)) and all(isinstance(step, str) for step in plan):
+            steps = [step.strip() for step in plan]
+        else:
+            raise TypeError("`plan` must be a list of step strings or a plan text ('Step 1: ... Step 2: ...').")
+        if not steps or not all(steps):
+            raise ValueError(f"`plan` must hold at least one non-empty step; got {plan!r}.")
+        if num_steps is not None and len(steps) > num_steps:
+            raise ValueError(f"`plan` has {len(steps)} steps, more than `num_steps` = {num_steps}.")
+        if max_frames and len(steps) > max_frames:
+            raise ValueError(f"`plan` has {len(steps)} steps but the model's frame table holds {max_frames} frames.")
+        return steps
+
+    def _check_entity_inputs(self, task, entity_masks, entity_scale) -> None:
+        if entity_masks is None:
+            if entity_scale is not None:
+                raise ValueError("`entity_guidance_scale` needs `entity_masks` ({'<token>': mask, ...}).")
+            return
+        if task != "image":
+            raise ValueError("`entity_masks` apply to task='image'.")
+        if entity_scale is None:
+            raise ValueError("`entity_masks` need an `entity_guidance_scale` (the guidance scale inside the masks).")
+        if not isinstance(entity_masks, dict) or not entity_masks:
+            raise ValueError("`entity_masks` must be a non-empty dict {'<token>': mask}.")
+        known = {self.processor.tokenizer.convert_ids_to_tokens(i) for i in self.model.config.entity_token_ids}
+        for token, mask in entity_masks.items():
+            if token not in known:
+                raise ValueError(
+                    f"`entity_masks` key {token!r} is not one of the model's entity tokens {sorted(known)}."
+                )
+            if not isinstance(mask, (PIL.Image.Image, np.ndarray, torch.Tensor)):
+                raise TypeError(f"`entity_masks[{token!r}]` must be a PIL image, array or tensor.")
 
     def _check_size(self, name: str, value: int | None) -> None:
         stride, largest = self.latent_stride, self.max_image_side
@@ -472,12 +670,18 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         inputs: list[str | PIL.Image.Image],
         task: str = "image",
         think: bool = False,
+        plan: list[str] | str | None = None,
+        num_steps: int | None = None,
+        max_history_frames: int = 4,
+        history: str = "sparse",
         num_inference_steps: int = 50,
         guidance_scale: float = 4.0,
         image_guidance_scale: float = 2.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         guidance_renorm: str = "global",
         guidance_renorm_min: float = 0.0,
+        entity_masks: dict | None = None,
+        entity_guidance_scale: float | None = None,
         timestep_shift: float | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -490,73 +694,103 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_segment: Callable | None = None,
     ) -> LoomPipelineOutput | tuple:
         r"""
-        Run one turn over an interleaved context.
+        Generate over an interleaved context: one image, a text answer, or a whole tutorial.
 
         Args:
             inputs: the context, in reading order: strings are text turns, PIL images are images (RGBA, palette and
-                grayscale images are converted to RGB).
-            task: `"image"` generates one image (text-to-image, editing, several references); `"text"` answers
-                (understanding: images enter through the ViT only).
-            think: first write a plan (`"image"`) or reasoning (`"text"`) under BAGEL's thinking system prompt; the
-                plan is added to the context before the image is generated.
-            num_inference_steps: Euler steps (the official code's `num_timesteps` is this + 1).
+                grayscale images are converted to RGB). For `task="interleaved"` the last item is the instruction.
+            task: `"image"` generates one image (text-to-image, editing, composition from several references,
+                decomposition, style transfer); `"text"` answers (understanding: images enter through the ViT only);
+                `"interleaved"` writes a plan, then renders one frame per step (Loom's plan-first tutorials).
+            think: first write a plan (`"image"`) or reasoning (`"text"`) under BAGEL's thinking system prompt.
+            plan: the tutorial's steps (a list, or a plan text to parse) instead of the model's own plan.
+            num_steps: at most this many tutorial steps (the planning instruction asks for exactly this many).
+            max_history_frames: Loom's history budget `K_max`: earlier frames shown when rendering a frame.
+            history: `"sparse"` (all earlier frames while they fit the budget, then uniform sparse sampling),
+                `"full"` (every earlier frame) or `"none"`.
+            num_inference_steps: Euler steps per image (the official code's `num_timesteps` is this + 1).
             guidance_scale: text guidance (official `cfg_text_scale`); guidance is off at 1 or less.
             image_guidance_scale: image guidance (official `cfg_img_scale`), applied only with text guidance on.
             guidance_interval: guidance applies where `interval[0] < σ <= interval[1]` (official `cfg_interval`).
             guidance_renorm: `"global"`, `"channel"` or `"text_channel"` (official `cfg_renorm_type`).
             guidance_renorm_min: lower clamp of the renorm ratio (official `cfg_renorm_min`; 1 disables renorm).
+            entity_masks: `{"<upper>": mask, ...}` (PIL image, array or tensor of the output size): Loom's localized
+                guidance: inside the masks the text guidance scale is `entity_guidance_scale`.
+            entity_guidance_scale: the guidance scale inside `entity_masks`.
             timestep_shift: schedule shift (default: the scheduler's `shift`).
             height / width: output size in pixels, a multiple of the latent stride (default: the last input image,
                 else the largest VAE side).
-            latents: initial noise, diffusers layout `(1, C, height / 8, width / 8)`.
+            latents: initial noise, diffusers layout `(1, C, height / 8, width / 8)` (one image tasks).
             generator: seeds the initial noise and text sampling.
             max_new_tokens, do_sample, temperature: text decoding (greedy by default).
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
             callback_on_step_end: `fn(pipeline, step, timestep, {"latents": ...})` after every Euler step; may
                 return replacement latents.
+            callback_on_segment: `fn(pipeline, index, segment)` as soon as each text or image segment exists, so a
+                caller can show a tutorial while it is being made.
 
         Examples:
 
         Returns:
-            [`LoomPipelineOutput`] with `segments` (text then image, as generated), `.texts` and `.images`; or a
-            tuple `(segments,)` when `return_dict=False`.
+            [`LoomPipelineOutput`] with `segments` in generation order, `.texts`, `.images` and, for tutorials,
+            `.plan`; or a tuple `(segments,)` when `return_dict=False`.
         """
-        self.check_inputs(
-            inputs, task, num_inference_steps, guidance_scale, image_guidance_scale, guidance_interval,
-            guidance_renorm, guidance_renorm_min, timestep_shift, height, width, latents, max_new_tokens,
-            do_sample, temperature, output_type, callback_on_step_end_tensor_inputs,
+        guidance = GuidanceConfig(
+            guidance_scale, image_guidance_scale, tuple(guidance_interval), guidance_renorm, guidance_renorm_min,
+            entity_guidance_scale,
         )  # fmt: skip
-        if task == "image" and guidance_scale <= 1.0 < image_guidance_scale:
+        steps = self.check_inputs(
+            inputs, task, think, plan, num_steps, max_history_frames, history, num_inference_steps, guidance,
+            entity_masks, timestep_shift, height, width, latents, max_new_tokens, do_sample, temperature, output_type,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        if task != "text" and guidance_scale <= 1.0 < image_guidance_scale:
             logger.warning("`image_guidance_scale` is ignored unless `guidance_scale` > 1 (BAGEL's guidance rule).")
+        size = self._image_size(height, width, latents, inputs) if task != "text" else None
+        if task == "interleaved" and latents is not None:
+            raise ValueError("`latents` give the noise of one image; a tutorial draws its own per frame.")
+        weights = self.entity_weights(entity_masks, *size) if entity_masks else None
         self._guidance_scale = guidance_scale
         self._interrupt = False
         text_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                        "generator": generator}  # fmt: skip
+        image_kwargs = {"num_inference_steps": num_inference_steps, "guidance": guidance, "generator": generator,
+                        "timestep_shift": timestep_shift if timestep_shift is not None else self.scheduler.config.shift,
+                        "callback_on_step_end": callback_on_step_end,
+                        "callback_on_step_end_tensor_inputs": callback_on_step_end_tensor_inputs}  # fmt: skip
 
         segments: list[TextSegment | ImageSegment] = []
+
+        def emit(segment: TextSegment | ImageSegment) -> None:
+            segments.append(segment)
+            if callback_on_segment is not None:
+                callback_on_segment(self, len(segments) - 1, segment)
+
+        plan_steps = None
         if task == "text":
             system_prompt = VLM_THINK_SYSTEM_PROMPT if think else None
             contexts = self.encode_context(list(inputs), system_prompt, use_vae=False)
-            segments.append(self.generate_text(contexts.cond, **text_kwargs))
+            emit(self.generate_text(contexts.cond, **text_kwargs))
+        elif task == "interleaved":
+            plan_steps = self.generate_tutorial(
+                list(inputs), steps, num_steps, size, image_kwargs, text_kwargs, max_history_frames, history,
+                output_type, emit,
+            )  # fmt: skip
         else:
-            size = self._image_size(height, width, latents, inputs)
             system_prompt = GEN_THINK_SYSTEM_PROMPT if think else None
             contexts = self.encode_context(list(inputs), system_prompt)
             if think:
-                plan = self.generate_text(contexts.cond, **text_kwargs)
-                self.append_text(contexts.cond, plan.text)
-                segments.append(plan)
+                thought = self.generate_text(contexts.cond, **text_kwargs)
+                self.append_text(contexts.cond, thought.text)
+                emit(thought)
             final = self.generate_image_latents(
-                contexts, *size, num_inference_steps, guidance_scale, image_guidance_scale, tuple(guidance_interval),
-                guidance_renorm, guidance_renorm_min,
-                timestep_shift if timestep_shift is not None else self.scheduler.config.shift,
-                latents=latents, generator=generator, callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            )  # fmt: skip
-            segments.append(ImageSegment(image=self.decode_latents(final, output_type)))
+                contexts, *size, latents=latents, entity_weights=weights, **image_kwargs
+            )
+            emit(ImageSegment(image=self.decode_latents(final, output_type)))
         self.maybe_free_model_hooks()
         if not return_dict:
             return (segments,)
-        return LoomPipelineOutput(segments=segments)
+        return LoomPipelineOutput(segments=segments, plan=plan_steps)

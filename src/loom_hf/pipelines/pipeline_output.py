@@ -1,6 +1,10 @@
 """Outputs of [`LoomInterleavedPipeline`]: an ordered list of text and image segments."""
 
+import html
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -8,6 +12,25 @@ import torch
 from diffusers.utils import BaseOutput
 
 __all__ = ["TextSegment", "ImageSegment", "LoomPipelineOutput"]
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 760px; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+.plan {{ background: #f4f4f4; padding: 0.75rem 1rem; border-radius: 6px; }}
+.step {{ display: flex; gap: 1rem; align-items: center; margin: 1rem 0; }}
+.step img {{ width: 192px; image-rendering: pixelated; border: 1px solid #ccc; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+{body}
+</body>
+</html>
+"""
 
 
 @dataclass
@@ -26,15 +49,39 @@ class ImageSegment:
     image: PIL.Image.Image | np.ndarray | torch.Tensor
 
 
+def _as_pil(image) -> PIL.Image.Image:
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError("Latent outputs cannot be saved as images; call the pipeline with output_type='pil'.")
+        image = image.permute(1, 2, 0).float().numpy()
+    return PIL.Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary sibling, so a crash never leaves a half-written file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 @dataclass
 class LoomPipelineOutput(BaseOutput):
     """Output of [`LoomInterleavedPipeline`].
 
     Args:
-        segments: everything the call generated, in order.
+        segments: everything the call generated, in order. A tutorial is the plan, then (step text, frame) pairs.
+        plan: the steps of a tutorial's plan (`task="interleaved"`), else `None`.
     """
 
     segments: list[TextSegment | ImageSegment]
+    plan: list[str] | None = None
 
     @property
     def images(self) -> list:
@@ -43,3 +90,31 @@ class LoomPipelineOutput(BaseOutput):
     @property
     def texts(self) -> list[str]:
         return [segment.text for segment in self.segments if isinstance(segment, TextSegment)]
+
+    def save(self, directory: str | os.PathLike, title: str = "Tutorial") -> Path:
+        """Write the images (`frame_01.png`, ...), `tutorial.md` and a self-contained `tutorial.html`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        markdown, page = [f"# {title}", ""], []
+        pending_text: list[str] = []
+        frame = 0
+        for segment in self.segments:
+            if isinstance(segment, TextSegment):
+                pending_text.append(segment.text)
+                continue
+            frame += 1
+            name = f"frame_{frame:02d}.png"
+            _write_atomically(directory / name, lambda path: _as_pil(segment.image).save(path, format="PNG"))
+            caption = pending_text.pop() if pending_text else ""
+            markdown += [*[f"{text}\n" for text in pending_text], f"**{caption}**" if caption else "", ""]
+            markdown += [f"![{caption or name}]({name})", ""]
+            page += [f'<div class="plan"><pre>{html.escape(text)}</pre></div>' for text in pending_text]
+            page.append(f'<div class="step"><img src="{name}" alt="{html.escape(caption or name)}">'
+                        f"<p>{html.escape(caption)}</p></div>")  # fmt: skip
+            pending_text = []
+        markdown += [f"{text}\n" for text in pending_text]
+        page += [f'<div class="plan"><pre>{html.escape(text)}</pre></div>' for text in pending_text]
+        _write_atomically(directory / "tutorial.md", lambda path: Path(path).write_text("\n".join(markdown)))
+        document = _PAGE.format(title=html.escape(title), body="\n".join(page))
+        _write_atomically(directory / "tutorial.html", lambda path: Path(path).write_text(document))
+        return directory
