@@ -1,4 +1,4 @@
-"""`loom` command line: convert a BAGEL release into a Hugging Face pipeline folder."""
+"""`loom` command line: convert a BAGEL release, synthesise training data, evaluate tutorials."""
 
 import argparse
 import shutil
@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timestep-shift", type=float, default=3.0, help="default sampling shift (BAGEL: 3.0)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     convert.set_defaults(handler=convert_bagel)
+
+    from .data import add_synth_arguments
+
+    data = commands.add_parser("data", help="Training data tools.")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    add_synth_arguments(data_commands.add_parser("synth", help="Write the procedural training dataset."))
+
+    from .evaluation import add_eval_arguments
+
+    add_eval_arguments(commands.add_parser("eval", help="Evaluate a pipeline on held-out tutorials."))
     return parser
 
 

@@ -155,6 +155,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         )
         return cls(model, vae, FlowMatchEulerDiscreteScheduler(shift=timestep_shift), processor)
 
+    def load_lora_weights(self, adapter_dir: str | os.PathLike, adapter_name: str | None = None) -> None:
+        """Load a LoRA adapter saved by `LoomTrainer` (PEFT format) into the model; the pipeline then runs with it."""
+        self.model.load_adapter(str(adapter_dir), adapter_name=adapter_name)
+
     @property
     def latent_stride(self) -> int:
         """Pixels per latent token along one side."""

@@ -1,0 +1,129 @@
+"""Fine-tune BAGEL into Loom (or continue training Loom) with `LoomTrainer`.
+
+    accelerate launch examples/train_sft.py --model_name_or_path ./bagel-hf --dataset ./data/loom \\
+        --output_dir ./loom-sft --max_steps 1000 --learning_rate 2.5e-5 --bf16
+
+    # two CPU processes (tests, debugging)
+    ACCELERATE_USE_CPU=true accelerate launch --config_file examples/accelerate/cpu_2proc.yaml \\
+        examples/train_sft.py --tiny --dataset ./data/loom --output_dir ./out --max_steps 4
+
+`--model_name_or_path` is a saved `LoomInterleavedPipeline` folder, `--bagel_release` an official BAGEL release
+folder (converted on the fly; Loom's frame table starts at zero), `--tiny` a small random model for smoke tests.
+`--dataset` is a `datasets.save_to_disk` folder in the training schema, or official Loom parquet files with
+`--dataset_format loom_parquet`. The output folder receives checkpoints and, at the end, a loadable pipeline.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+from peft import LoraConfig
+from transformers import HfArgumentParser, set_seed
+
+from loom_hf import LoomInterleavedPipeline
+from loom_hf.tiny import tiny_pipeline
+from loom_hf.trainers import (
+    LoomDataCollator,
+    LoomTrainer,
+    LoomTrainingArguments,
+    LoomTrainingDataset,
+    convert_loom_parquet,
+    select_trainable_parameters,
+)
+from loom_hf.trainers.lora import LORA_TARGETS, lora_config
+
+logger = logging.getLogger("train_sft")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A saved LoomInterleavedPipeline."})
+    bagel_release: str | None = field(default=None, metadata={"help": "An official BAGEL release folder."})
+    tiny: bool = field(default=False, metadata={"help": "Train a tiny random model (smoke tests)."})
+    max_frames: int = field(default=16, metadata={"help": "Frame-table rows when starting from a BAGEL release."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flex_attention."})
+    lora_rank: int = field(default=0, metadata={"help": "Train LoRA adapters of this rank (0: full weights)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
+    lora_targets: str = field(default="generation", metadata={"help": f"LoRA targets: {' | '.join(LORA_TARGETS)}."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(metadata={"help": "A save_to_disk folder (schema) or Loom parquet file/folder."})
+    split: str = field(default="train", metadata={"help": "Split of a DatasetDict folder."})
+    dataset_format: str = field(default="schema", metadata={"help": "schema | loom_parquet."})
+
+
+def load_pipeline(model_args: ModelArguments, dtype: torch.dtype) -> LoomInterleavedPipeline:
+    sources = [bool(model_args.model_name_or_path), bool(model_args.bagel_release), model_args.tiny]
+    if sum(sources) != 1:
+        raise ValueError("Pass exactly one of --model_name_or_path, --bagel_release or --tiny.")
+    if model_args.tiny:
+        return tiny_pipeline(seed=0, max_frames=model_args.max_frames)
+    if model_args.bagel_release:
+        return LoomInterleavedPipeline.from_bagel(model_args.bagel_release, dtype=dtype, max_frames=model_args.max_frames)
+    return LoomInterleavedPipeline.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+
+
+def load_dataset(data_args: DataArguments) -> datasets.Dataset:
+    if data_args.dataset_format == "loom_parquet":
+        return convert_loom_parquet(data_args.dataset, on_error="skip")
+    if data_args.dataset_format != "schema":
+        raise ValueError(f"--dataset_format must be schema or loom_parquet; got {data_args.dataset_format!r}.")
+    loaded = datasets.load_from_disk(data_args.dataset)
+    return loaded[data_args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, LoomTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)
+
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float32
+    pipe = load_pipeline(model_args, dtype)
+    model = pipe.model
+    model.set_attn_implementation(model_args.attn_implementation)
+    select_trainable_parameters(model, training_args.train_experts)
+    if model_args.lora_rank > 0:
+        config: LoraConfig = lora_config(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_targets)
+        model.add_adapter(config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Trainable parameters: %d of %d.", trainable, sum(p.numel() for p in model.parameters()))
+
+    collator = LoomDataCollator(
+        pipe.processor,
+        text_dropout=training_args.text_dropout,
+        vit_dropout=training_args.vit_dropout,
+        vae_dropout=training_args.vae_dropout,
+        packing=training_args.packing,
+        use_frames=model.config.max_frames > 0,
+    )
+    train_dataset = LoomTrainingDataset(
+        load_dataset(data_args),
+        collator,
+        max_tokens=training_args.max_tokens_per_batch,
+        max_history_frames=training_args.max_history_frames,
+        history=training_args.history,
+        max_frames=model.config.max_frames,
+        on_error=training_args.on_bad_sample,
+    )
+    trainer = LoomTrainer(
+        model=model,
+        args=training_args,
+        vae=pipe.vae,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=pipe.processor,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if training_args.ema_decay is not None:
+        trainer.save_ema_model(f"{training_args.output_dir}/ema")
+    if trainer.is_world_process_zero() and model_args.lora_rank == 0:
+        pipe.save_pretrained(f"{training_args.output_dir}/pipeline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Packing training instances into model inputs: BAGEL's splits, condition dropout and token-budget batches.
+
+A packed batch is one row holding several instances back to back (no padding). Inside an instance text turns are
+causal, clean images (latent and ViT blocks) are bidirectional, and a noised target block is seen by no other token;
+instances never see each other. The collator returns CPU tensors plus the VAE pixels of every latent block: the
+trainer encodes them under `no_grad`, outside the trained module, and noises the targets.
+"""
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..modeling.packing import TokenType
+from ..modeling.processing_loom import LoomProcessor
+from .instances import ImageItem, Instance, TextItem
+
+__all__ = ["LoomDataCollator", "TokenBudgetBatchSampler"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class _Sequence:
+    """Per-token lists of one row under construction, and the images it references in order."""
+
+    ids: list[int] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    noised: list[bool] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    documents: list[int] = field(default_factory=list)
+
+    def extend(self, ids, types, position, block, noised, frame, labels, document) -> None:
+        count = len(ids)
+        self.ids += ids
+        self.types += types
+        self.positions += position if isinstance(position, list) else [position] * count
+        self.blocks += [block] * count
+        self.noised += [noised] * count
+        self.frames += [frame if token_type != TokenType.TEXT else -1 for token_type in types]
+        self.labels += labels
+        self.documents += [document] * count
+
+
+@dataclass
+class LoomDataCollator:
+    """Turns a list of [`Instance`]s into one training batch.
+
+    Args:
+        processor: tokenizer and image paths (the same resize rules as inference).
+        text_dropout / vit_dropout / vae_dropout: probabilities of dropping a droppable text turn, ViT block or clean
+            latent block (BAGEL's defaults 0.1 / 0.3 / 0.3), which teaches the unconditional branches of guidance.
+            A dropped text takes no position; a dropped image still takes its RoPE slot, as in BAGEL.
+        packing: one packed row (default) or one right-padded row per instance.
+        use_frames: pass the temporal indices of frames (`frame_ids`); off for models without a frame table.
+    """
+
+    processor: LoomProcessor
+    text_dropout: float = 0.1
+    vit_dropout: float = 0.3
+    vae_dropout: float = 0.3
+    packing: bool = True
+    use_frames: bool = True
+
+    def __post_init__(self):
+        for name in ("text_dropout", "vit_dropout", "vae_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be a probability in [0, 1]; got {getattr(self, name)}.")
+
+    def image_token_counts(self, image) -> tuple[int, int]:
+        """(latent tokens, ViT patches) of an image after BAGEL's resize rules."""
+        image_processor = self.processor.image_processor
+        width, height = image_processor.target_size(*image.size, image_processor.vae_image_size)
+        stride = self.processor.image_processor.vae_image_size[2]
+        vit_width, vit_height = image_processor.target_size(width, height, image_processor.vit_image_size)
+        patch = image_processor.patch_size
+        return (height // stride) * (width // stride), (vit_height // patch) * (vit_width // patch)
+
+    def num_tokens(self, instance: Instance) -> int:
+        """Length of an instance when nothing is dropped (the most it can take in a batch)."""
+        total = 0
+        for item in instance:
+            if isinstance(item, TextItem):
+                total += len(self.processor.text_block(item.text))
+            else:
+                latents, patches = self.image_token_counts(item.image)
+                total += (latents + 2) * (item.use_vae or item.target) + (patches + 2) * (item.use_vit and not item.target)
+        return total
+
+    @staticmethod
+    def _dropped(droppable: bool, probability: float) -> bool:
+        """Draw from torch's generator: the trainer seeds it, and the data loader seeds each worker differently."""
+        return droppable and probability > 0 and float(torch.rand(())) < probability
+
+    def _add_instance(self, row: _Sequence, instance: Instance, document: int, images: dict, block: int) -> int:
+        """Append one instance to `row`; returns the next free block id."""
+        processor = self.processor
+        position = 0
+        for item in instance:
+            if isinstance(item, TextItem):
+                if self._dropped(item.droppable, self.text_dropout):
+                    continue
+                ids = processor.text_block(item.text)
+                labels = [IGNORE_INDEX, *ids[1:]] if item.loss else [IGNORE_INDEX] * len(ids)
+                positions = list(range(position, position + len(ids)))
+                row.extend(ids, [TokenType.TEXT] * len(ids), positions, -1, False, -1, labels, document)
+                position += len(ids)
+                continue
+            image = processor.image_processor.resize_for_vae(item.image)
+            frame = item.frame if item.frame is not None and self.use_frames else -1
+            if item.target or item.use_vae:
+                if not item.target and self._dropped(item.droppable, self.vae_dropout):
+                    position += 1
+                else:
+                    pixels = processor.image_processor.vae_pixel_values(image)[0]
+                    stride = processor.image_processor.vae_image_size[2]
+                    grid = (pixels.shape[1] // stride, pixels.shape[2] // stride)
+                    ids, types = processor.image_block(grid[0] * grid[1], TokenType.LATENT)
+                    row.extend(ids, types, position, block, item.target, frame, [IGNORE_INDEX] * len(ids), document)
+                    images["vae_pixel_values"].append(pixels)
+                    images["latent_grid_hw"].append(grid)
+                    images["latent_is_target"].append(item.target)
+                    block += 1
+                    # A noised target shares its position with the clean copy that would follow it.
+                    position += 0 if item.target else 1
+            if item.use_vit and not item.target:
+                if self._dropped(item.droppable, self.vit_dropout):
+                    position += 1
+                    continue
+                patches, grid = processor.image_processor.vit_patches(image)
+                ids, types = processor.image_block(patches.shape[0], TokenType.VIT)
+                row.extend(ids, types, position, block, False, frame, [IGNORE_INDEX] * len(ids), document)
+                images["pixel_values"].append(patches)
+                images["image_grid_hw"].append(grid)
+                block += 1
+                position += 1
+        return block
+
+    def __call__(self, instances: list[Instance]) -> dict:
+        if not instances:
+            raise ValueError("The collator received no instances.")
+        images = {key: [] for key in ("vae_pixel_values", "latent_grid_hw", "latent_is_target", "pixel_values",
+                                      "image_grid_hw")}  # fmt: skip
+        rows, block = [], 0
+        for document, instance in enumerate(instances):
+            if self.packing and rows:
+                row = rows[0]
+            else:
+                row = _Sequence()
+                rows.append(row)
+            block = self._add_instance(row, instance, document, images, block)
+        batch = self._tensors(rows)
+        if images["pixel_values"]:
+            batch["pixel_values"] = torch.cat(images["pixel_values"])
+            batch["image_grid_hw"] = torch.tensor(images["image_grid_hw"], dtype=torch.long)
+        batch["vae_pixel_values"] = images["vae_pixel_values"]
+        batch["latent_grid_hw"] = torch.tensor(images["latent_grid_hw"], dtype=torch.long).reshape(-1, 2)
+        batch["latent_is_target"] = torch.tensor(images["latent_is_target"], dtype=torch.bool)
+        return batch
+
+    def _tensors(self, rows: list[_Sequence]) -> dict:
+        """Stack the rows, right-padding them to the longest (a packed batch is a single row)."""
+        length = max(len(row.ids) for row in rows)
+        pad_id = self.processor.tokenizer.pad_token_id or 0
+
+        def stack(name: str, fill, dtype) -> torch.Tensor:
+            return torch.tensor([getattr(row, name) + [fill] * (length - len(row.ids)) for row in rows], dtype=dtype)
+
+        batch = {
+            "input_ids": stack("ids", pad_id, torch.long),
+            "mm_token_type_ids": stack("types", TokenType.TEXT, torch.long),
+            "position_ids": stack("positions", 0, torch.long),
+            "block_ids": stack("blocks", -1, torch.long),
+            "noised": stack("noised", False, torch.bool),
+            "labels": stack("labels", IGNORE_INDEX, torch.long),
+        }
+        if self.use_frames and any(frame >= 0 for row in rows for frame in row.frames):
+            batch["frame_ids"] = stack("frames", -1, torch.long)
+        if self.packing:
+            batch["document_ids"] = stack("documents", 0, torch.long)
+        else:
+            batch["attention_mask"] = torch.tensor(
+                [[1] * len(row.ids) + [0] * (length - len(row.ids)) for row in rows], dtype=torch.long
+            )
+        return batch
+
+
+class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of instance indices whose token counts fit `max_tokens`, reshuffled every epoch.
+
+    Indices are visited in a seeded random order and added to the current batch while it fits; a batch is closed
+    when the next instance does not fit. Every instance must fit on its own (the training dataset ensures it).
+    """
+
+    def __init__(self, num_tokens: list[int], max_tokens: int, shuffle: bool = True, seed: int = 0):
+        if max_tokens < 1:
+            raise ValueError(f"`max_tokens` must be >= 1; got {max_tokens}.")
+        too_long = [index for index, count in enumerate(num_tokens) if count > max_tokens]
+        if too_long:
+            raise ValueError(f"Instances {too_long[:10]} are longer than `max_tokens` = {max_tokens}.")
+        self.num_tokens, self.max_tokens, self.shuffle, self.seed = list(num_tokens), max_tokens, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        order = list(range(len(self.num_tokens)))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        batches, current, used = [], [], 0
+        for index in order:
+            if current and used + self.num_tokens[index] > self.max_tokens:
+                batches.append(current)
+                current, used = [], 0
+            current.append(index)
+            used += self.num_tokens[index]
+        if current:
+            batches.append(current)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

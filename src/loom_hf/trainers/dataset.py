@@ -1,0 +1,87 @@
+"""A dataset in the training schema as a torch dataset of training instances."""
+
+import logging
+import random
+import warnings
+
+import datasets
+import torch
+
+from ..modeling.packing import HISTORY_MODES
+from .collator import LoomDataCollator
+from .instances import Instance, build_instance, instance_keys
+from .schema import ON_ERROR_CHOICES, validate_rows
+
+__all__ = ["LoomTrainingDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class LoomTrainingDataset(torch.utils.data.Dataset):
+    """The training instances of a [`LOOM_FEATURES`] dataset: one per tutorial frame, per target, per answer.
+
+    Rows are validated first and every instance is measured (its length with nothing dropped). Bad rows and
+    instances longer than `max_tokens` are skipped with one counted warning (`on_error="skip"`) or rejected with
+    their row indices (`on_error="raise"`), before training starts, never mid-epoch.
+
+    Args:
+        dataset: a `datasets.Dataset` in the training schema.
+        collator: the collator that will pack the instances (its processor measures them).
+        max_tokens: the per-batch token budget; an instance must fit on its own.
+        max_history_frames / history: Loom's history sampling (the rotation offset is drawn per access).
+        max_frames: the model's frame table size (0: none); longer tutorials are bad rows.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        collator: LoomDataCollator,
+        max_tokens: int,
+        max_history_frames: int = 4,
+        history: str = "sparse",
+        max_frames: int = 0,
+        on_error: str = "skip",
+    ):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"`on_error` must be one of {ON_ERROR_CHOICES}; got {on_error!r}.")
+        if history not in HISTORY_MODES:
+            raise ValueError(f"`history` must be one of {HISTORY_MODES}; got {history!r}.")
+        if max_history_frames < 0:
+            raise ValueError(f"`max_history_frames` must be >= 0; got {max_history_frames}.")
+        self.dataset, self.max_history_frames, self.history = dataset, max_history_frames, history
+        valid_rows, _ = validate_rows(dataset, max_frames=max_frames or None, on_error=on_error)
+        self.keys: list[tuple[int, int]] = []
+        self.num_tokens: list[int] = []
+        too_long: list[str] = []
+        lengths = dataset.select_columns(["task", "step_texts", "targets"])
+        for row_index in valid_rows:
+            row = lengths[row_index]
+            for key in instance_keys(row["task"], len(row["step_texts"]), len(row["targets"])):
+                count = collator.num_tokens(self._instance(row_index, key, worst_case=True))
+                if count > max_tokens:
+                    too_long.append(f"row {row_index} (instance {key}): {count} tokens")
+                    continue
+                self.keys.append((row_index, key))
+                self.num_tokens.append(count)
+        if too_long:
+            message = f"{len(too_long)} instance(s) exceed the {max_tokens}-token budget: " + "; ".join(too_long[:20])
+            if on_error == "raise":
+                raise ValueError(message)
+            warnings.warn(f"Skipping {message}", stacklevel=2)
+        if not self.keys:
+            raise ValueError("No usable training instance: every row is invalid or over the token budget.")
+        logger.info("%d training instances from %d valid rows.", len(self.keys), len(valid_rows))
+
+    def _instance(self, row_index: int, key: int, worst_case: bool = False) -> Instance:
+        """Instance `key` of a row; `worst_case` takes the longest history instead of a random rotation."""
+        row = self.dataset[row_index]
+        if worst_case:
+            return build_instance(row, key, self.max_history_frames, self.history)
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        return build_instance(row, key, self.max_history_frames, self.history, rng=random.Random(seed))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> Instance:
+        return self._instance(*self.keys[index])

@@ -1,0 +1,87 @@
+"""Training instances: the ordered text and image items one dataset row trains, laid out as the pipeline reads them.
+
+A tutorial with N frames yields N instances; instance t holds the planning instruction, the plan (cross-entropy),
+the earlier frames chosen by Loom's sparse history sampling (with the random rotation offset of training), the step's
+text and the noised frame t (flow-matching loss). Other tasks yield one instance per target image.
+"""
+
+import random
+from dataclasses import dataclass
+
+import PIL.Image
+
+from ..modeling.packing import history_frame_indices, rotation_offset_limit
+from ..pipelines.planning import format_plan, plan_instruction, step_turn
+
+__all__ = ["TextItem", "ImageItem", "Instance", "instance_keys", "build_instance"]
+
+
+@dataclass
+class TextItem:
+    """A text turn. `loss`: trained with cross-entropy; `droppable`: condition dropout may remove it."""
+
+    text: str
+    loss: bool = False
+    droppable: bool = True
+
+
+@dataclass
+class ImageItem:
+    """An image. A condition enters as clean latents (`use_vae`) and ViT tokens (`use_vit`), each removable by
+    condition dropout when `droppable`; a target enters as noised latents trained with the flow loss. `frame` is its
+    temporal index in a tutorial."""
+
+    image: PIL.Image.Image
+    target: bool = False
+    use_vae: bool = True
+    use_vit: bool = True
+    droppable: bool = True
+    frame: int | None = None
+
+
+Instance = list[TextItem | ImageItem]
+
+
+def instance_keys(task: str, num_steps: int, num_targets: int) -> list[int]:
+    """The instances of one row, by index: one per tutorial frame, one per target, one for an answer."""
+    if task == "tutorial":
+        return list(range(num_steps))
+    if task == "understanding":
+        return [0]
+    return list(range(num_targets))
+
+
+def build_instance(
+    row: dict,
+    key: int,
+    max_history_frames: int = 4,
+    history: str = "sparse",
+    rng: random.Random | None = None,
+) -> Instance:
+    """Instance `key` of a dataset row in the training schema (images decoded to PIL).
+
+    `rng` draws the history rotation offset of training (eq. 6); without it the offset is 0, as at inference.
+    """
+    task, instruction, inputs = row["task"], row["instruction"], list(row["images"])
+    conditions: Instance = [ImageItem(image) for image in inputs]
+    if task == "tutorial":
+        steps, frames = row["step_texts"], row["step_images"]
+        offset = rng.randrange(rotation_offset_limit(key, max_history_frames)) if rng is not None else 0
+        if history != "sparse" or key <= max_history_frames:
+            offset = 0
+        chosen = history_frame_indices(key, max_history_frames, history, offset)
+        return [
+            *conditions,
+            TextItem(plan_instruction(instruction, len(steps))),
+            TextItem(format_plan(steps), loss=True),
+            *[ImageItem(frames[index], frame=index) for index in chosen],
+            TextItem(step_turn(key + 1, steps[key])),
+            ImageItem(frames[key], target=True, frame=key),
+        ]
+    if task == "understanding":
+        return [
+            *[ImageItem(image, use_vae=False, droppable=False) for image in inputs],
+            TextItem(instruction, droppable=False),
+            TextItem(row["answer"], loss=True, droppable=False),
+        ]
+    return [*conditions, TextItem(instruction), ImageItem(row["targets"][key], target=True)]

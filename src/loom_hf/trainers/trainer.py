@@ -1,0 +1,279 @@
+"""`LoomTrainer`: a `transformers.Trainer` with Loom's joint loss `λ_CE · CE + MSE` over packed batches."""
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import seed_worker
+
+from ..modeling import LoomForInterleavedGeneration
+from ..modeling.packing import HISTORY_MODES, pack_latents
+from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
+
+__all__ = ["LoomTrainingArguments", "LoomTrainer", "EXPERT_CHOICES", "select_trainable_parameters"]
+
+EXPERT_CHOICES = ("all", "generation", "freeze_understanding")
+EMA_FILE = "ema.safetensors"
+# Parameters of the generation side: the `*_moe_gen` expert and the latent heads (plus Loom's frame table).
+_GENERATION_PARTS = ("_moe_gen", "vae2llm", "llm2vae", "time_embedder", "frame_embed")
+# Parameters of the understanding side: the original decoder weights and the ViT.
+_UNDERSTANDING_PARTS = ("model.vision_model.", "model.language_model.layers.", "model.language_model.norm.")
+
+
+@dataclass
+class LoomTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus Loom's: loss weight, history sampling, condition dropout, timesteps, experts."""
+
+    ce_loss_weight: float = field(default=0.25, metadata={"help": "λ_CE: weight of the text loss (Loom: 0.25)."})
+    max_history_frames: int = field(default=4, metadata={"help": "K_max: earlier frames shown per frame."})
+    history: str = field(default="sparse", metadata={"help": "History sampling: sparse | full | none."})
+    text_dropout: float = field(default=0.1, metadata={"help": "Probability of dropping a conditioning text."})
+    vit_dropout: float = field(default=0.3, metadata={"help": "Probability of dropping a ViT image block."})
+    vae_dropout: float = field(default=0.3, metadata={"help": "Probability of dropping a clean latent block."})
+    timestep_shift: float = field(default=1.0, metadata={"help": "Shift of the logit-normal flow times."})
+    train_experts: str = field(
+        default="all",
+        metadata={"help": "all | generation (only the generation expert and latent heads) | freeze_understanding "
+                  "(everything but the understanding expert and the ViT)."},  # fmt: skip
+    )
+    max_tokens_per_batch: int = field(default=8192, metadata={"help": "Token budget of one packed batch."})
+    packing: bool = field(default=True, metadata={"help": "Pack instances into one row (else pad per instance)."})
+    ema_decay: float | None = field(default=None, metadata={"help": "Keep EMA weights with this decay."})
+    on_bad_sample: str = field(
+        default="skip", metadata={"help": "skip (counted warning) or raise (with row indices) on bad rows."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.remove_unused_columns = False
+        if self.history not in HISTORY_MODES:
+            raise ValueError(f"`history` must be one of {HISTORY_MODES}; got {self.history!r}.")
+        if self.train_experts not in EXPERT_CHOICES:
+            raise ValueError(f"`train_experts` must be one of {EXPERT_CHOICES}; got {self.train_experts!r}.")
+        if self.ce_loss_weight < 0:
+            raise ValueError(f"`ce_loss_weight` must be >= 0; got {self.ce_loss_weight}.")
+        if self.timestep_shift <= 0:
+            raise ValueError(f"`timestep_shift` must be > 0; got {self.timestep_shift}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in (0, 1); got {self.ema_decay}.")
+
+
+def select_trainable_parameters(model: LoomForInterleavedGeneration, experts: str) -> int:
+    """Freeze everything the `experts` choice does not train; returns the number of trainable parameters."""
+    if experts not in EXPERT_CHOICES:
+        raise ValueError(f"`experts` must be one of {EXPERT_CHOICES}; got {experts!r}.")
+    for name, parameter in model.named_parameters():
+        generation = any(part in name for part in _GENERATION_PARTS)
+        understanding = not generation and name.startswith(_UNDERSTANDING_PARTS)
+        if experts == "generation":
+            parameter.requires_grad_(generation)
+        elif experts == "freeze_understanding":
+            parameter.requires_grad_(not understanding)
+        else:
+            parameter.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class _EMACallback(TrainerCallback):
+    """Updates the EMA weights after every optimizer step and saves them with each checkpoint."""
+
+    def __init__(self, trainer: "LoomTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.ema.step(self.trainer.trainable_parameters())
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            self.trainer.save_ema(os.path.join(folder, EMA_FILE))
+
+
+class LoomTrainer(Trainer):
+    """Trains Loom (or BAGEL) on packed interleaved batches.
+
+    The loss is `ce_loss_weight · CE + MSE`, each normalised by its token count over the whole gradient-accumulation
+    window and all processes (BAGEL's token normalisation): CE over the supervised text tokens, MSE over the noised
+    latent tokens against the flow velocity `noise − x0`. Both parts are logged as `ce_loss` and `mse_loss`.
+
+    The frozen VAE stays outside the trained (and possibly distributed) model; latents are encoded under
+    `no_grad` in `compute_loss`.
+
+    Args:
+        vae: the pipeline's `AutoencoderKL`.
+        Other arguments: as `transformers.Trainer`; `train_dataset` is a [`LoomTrainingDataset`] and
+        `data_collator` a [`LoomDataCollator`].
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model: LoomForInterleavedGeneration, args: LoomTrainingArguments, vae: AutoencoderKL, **kwargs):
+        if not isinstance(args, LoomTrainingArguments):
+            raise TypeError("`args` must be LoomTrainingArguments.")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("The model has no trainable parameter.")
+        super().__init__(model=model, args=args, **kwargs)
+        self.vae = vae.eval().requires_grad_(False).to(self.args.device)
+        self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        self.ema = None
+        if args.ema_decay is not None:
+            self.ema = EMAModel(self.trainable_parameters(), decay=args.ema_decay)
+            self.add_callback(_EMACallback(self))
+
+    # ---------------------------------------------------------------- data
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Token-budget batches (one packed row each) instead of a fixed number of samples per batch."""
+        if self.train_dataset is None:
+            raise ValueError("LoomTrainer needs a `train_dataset`.")
+        sampler = TokenBudgetBatchSampler(
+            self.train_dataset.num_tokens, self.args.max_tokens_per_batch, shuffle=True, seed=self.args.seed
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            worker_init_fn=lambda worker: seed_worker(
+                worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            ),
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """Collect the micro-batches of one optimizer step and count their CE and MSE tokens (all processes)."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        counts = torch.zeros(2, dtype=torch.long, device=device)
+        for batch in batch_samples:
+            counts += torch.stack([_ce_count(batch["labels"]), _mse_count(batch)]).to(device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return batch_samples, counts
+
+    # ---------------------------------------------------------------- loss
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the batch's images, noise the targets; returns (model latents, velocity targets, target mask)."""
+        pixels = batch.pop("vae_pixel_values")
+        is_target = batch.pop("latent_is_target").to(self.args.device)
+        patch = self.model.config.latent_patch_size
+        clean = []
+        for image in pixels:
+            image = image.to(device=self.args.device, dtype=self.vae.dtype).unsqueeze(0)
+            latents = self.vae.encode(image).latent_dist.mode()
+            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            clean.append(pack_latents(latents.float(), patch))
+        lengths = torch.tensor([tokens.shape[0] for tokens in clean], device=self.args.device)
+        clean = torch.cat(clean) if clean else torch.zeros(0, self.model.config.latent_token_dim)
+        shift = self.args.timestep_shift
+        sigma = torch.sigmoid(torch.randn(len(pixels), device=self.args.device))
+        sigma = shift * sigma / (1 + (shift - 1) * sigma)
+        sigma = torch.where(is_target, sigma, torch.zeros_like(sigma))
+        per_token = sigma.repeat_interleave(lengths)[:, None]
+        noise = torch.randn_like(clean)
+        batch["latents"] = (1 - per_token) * clean + per_token * noise
+        batch["timesteps"] = sigma
+        return batch["latents"], noise - clean, is_target.repeat_interleave(lengths)
+
+    def compute_loss(self, model, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        targets = mask = None
+        if inputs["vae_pixel_values"]:
+            _, targets, mask = self._latents(inputs)
+        else:
+            inputs.pop("vae_pixel_values")
+            inputs.pop("latent_is_target")
+        shifted = labels[:, 1:]
+        kept = (shifted != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+        outputs = model(**inputs, logits_to_keep=kept)
+        ce_sum = F.cross_entropy(
+            outputs.logits.flatten(0, 1).float(), shifted[:, kept].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        mse_sum = outputs.logits.new_zeros((), dtype=torch.float32)
+        if mask is not None:
+            error = (outputs.velocity.float() - targets) ** 2
+            mse_sum = error[mask].mean(dim=-1).sum() if mask.any() else error.sum() * 0
+        if num_items_in_batch is None:
+            num_items_in_batch = torch.stack([_ce_count(labels), mask.sum() if mask is not None else labels.new_zeros(())])
+        counts = num_items_in_batch.to(ce_sum.device).clamp(min=1).float()
+        loss = self.args.ce_loss_weight * ce_sum / counts[0] + mse_sum / counts[1]
+        if self.args.world_size > 1:
+            # Counts cover all processes while data-parallel training averages the gradients.
+            loss = loss * self.accelerator.num_processes
+        for name, value in (("ce_sum", ce_sum), ("mse_sum", mse_sum)):
+            self._loss_sums[name] += value.detach().double().cpu()
+        self._loss_sums["ce_count"] += float(_ce_count(labels))
+        self._loss_sums["mse_count"] += float(mask.sum()) if mask is not None else 0.0
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `ce_loss` and `mse_loss`: token-weighted means over the logging window and all processes."""
+        if self._loss_sums:
+            sums = torch.stack([self._loss_sums[k] for k in ("ce_sum", "ce_count", "mse_sum", "mse_count")])
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
+            ce_sum, ce_count, mse_sum, mse_count = sums.tolist()
+            if ce_count:
+                logs["ce_loss"] = round(ce_sum / ce_count, 6)
+            if mse_count:
+                logs["mse_loss"] = round(mse_sum / mse_count, 6)
+            self._loss_sums.clear()
+        super().log(logs, start_time)
+
+    # ---------------------------------------------------------------- EMA
+
+    def save_ema(self, path: str) -> None:
+        """Write the EMA weights of the trainable parameters (by parameter name)."""
+        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        save_file({n: t.detach().cpu().contiguous() for n, t in zip(names, self.ema.shadow_params)}, path)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        ema_path = os.path.join(resume_from_checkpoint, EMA_FILE)
+        if self.ema is not None and os.path.isfile(ema_path):
+            saved = load_file(ema_path)
+            names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+            for shadow, name in zip(self.ema.shadow_params, names):
+                shadow.copy_(saved[name])
+
+    def save_ema_model(self, output_dir: str) -> None:
+        """Save the model with its EMA weights swapped in (the training weights are restored afterwards)."""
+        if self.ema is None:
+            raise ValueError("EMA is off: set `ema_decay` in the training arguments.")
+        parameters = self.trainable_parameters()
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        try:
+            self.save_model(output_dir)
+        finally:
+            self.ema.restore(parameters)
+
+
+def _ce_count(labels: torch.Tensor) -> torch.Tensor:
+    """Supervised text tokens: positions whose next-token label is set."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def _mse_count(batch: dict) -> torch.Tensor:
+    """Noised latent tokens of a collated batch."""
+    grids = batch["latent_grid_hw"]
+    if grids.numel() == 0:
+        return torch.zeros((), dtype=torch.long)
+    return (grids[:, 0] * grids[:, 1] * batch["latent_is_target"]).sum()

@@ -1,0 +1,335 @@
+"""Training: instances, packing collator, token budget, joint loss, expert selection, LoRA, EMA, accelerate launch."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+
+from loom_hf import LoomInterleavedPipeline, TokenType
+from loom_hf.data import build_dataset
+from loom_hf.modeling.packing import create_loom_attention_mask, history_frame_indices
+from loom_hf.tiny import tiny_pipeline
+from loom_hf.trainers import (
+    ImageItem,
+    LoomDataCollator,
+    LoomTrainer,
+    LoomTrainingArguments,
+    LoomTrainingDataset,
+    TextItem,
+    build_instance,
+    select_trainable_parameters,
+)
+from loom_hf.trainers.lora import lora_config, merge_lora_adapter
+
+from .test_packing import reference_mask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return build_dataset(24, seed=0)["train"]
+
+
+@pytest.fixture
+def pipe():
+    pipe = tiny_pipeline(seed=0, max_frames=8)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tutorial_row(num_steps: int = 6) -> dict:
+    frames = [Image.new("RGB", (64, 64), (20 * i, 40, 90)) for i in range(num_steps)]
+    return {"task": "tutorial", "instruction": "Draw a red house", "images": [], "answer": "", "targets": [],
+            "step_texts": [f"Add part {i}" for i in range(1, num_steps + 1)], "step_images": frames}  # fmt: skip
+
+
+def collate_without_dropout(pipe, instances, packing=True):
+    collator = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=0, vae_dropout=0, packing=packing)
+    return collator(instances)
+
+
+# ---------------------------------------------------------------- instances and collator
+
+
+def test_tutorial_instance_layout_mirrors_inference():
+    row = tutorial_row(6)
+    instance = build_instance(row, key=5, max_history_frames=3)
+    kinds = [type(item).__name__ for item in instance]
+    assert kinds == ["TextItem", "TextItem", "ImageItem", "ImageItem", "ImageItem", "TextItem", "ImageItem"]
+    assert instance[1].loss and not instance[0].loss  # the plan is trained, the instruction is context
+    assert [item.frame for item in instance[2:5]] == history_frame_indices(5, 3)
+    assert instance[-1].target and instance[-1].frame == 5
+    assert instance[5].text == "Step 6: Add part 6"
+
+
+def test_history_frames_follow_the_sampling_function_with_rotation():
+    """Training draws the rotation offset of eq. 6; the chosen frames are eq. 4 shifted by it."""
+    row = tutorial_row(12)
+    seen = set()
+    for seed in range(40):
+        instance = build_instance(row, key=11, max_history_frames=4, rng=random.Random(seed))
+        frames = [item.frame for item in instance if isinstance(item, ImageItem) and not item.target]
+        offsets = {offset for offset in range(0, 11 // 5) if frames == history_frame_indices(11, 4, "sparse", offset)}
+        assert offsets, frames
+        seen |= offsets
+    assert seen == {0, 1}  # o in [0, floor(11 / 5)) = {0, 1}
+
+
+def test_packed_batch_mask_isolates_noise_and_samples(pipe):
+    row = tutorial_row(3)
+    instances = [build_instance(row, key=1, max_history_frames=4), build_instance(row, key=0, max_history_frames=4)]
+    batch = collate_without_dropout(pipe, instances)
+    config = pipe.model.config.text_config
+    mask = create_loom_attention_mask(
+        config, torch.zeros(1, batch["input_ids"].shape[1], 8), None, None, batch["block_ids"], batch["noised"],
+        batch["document_ids"],
+    )[0, 0]  # fmt: skip
+
+    # Expected: per document, BAGEL's split rule over (causal text | full image block | noise target) splits.
+    expected = torch.zeros_like(mask)
+    for document in range(2):
+        tokens = (batch["document_ids"][0] == document).nonzero().flatten()
+        blocks, noised = batch["block_ids"][0, tokens], batch["noised"][0, tokens]
+        splits, modes, previous = [], [], None
+        for block, is_noised in zip(blocks.tolist(), noised.tolist()):
+            mode = "causal" if block < 0 else ("noise" if is_noised else "full")
+            if block >= 0 and block == previous:
+                splits[-1] += 1
+            else:
+                splits.append(1)
+                modes.append(mode)
+            previous = block if block >= 0 else None
+        start, end = tokens[0].item(), tokens[-1].item() + 1
+        expected[start:end, start:end] = reference_mask(splits, modes)
+    assert torch.equal(mask, expected)
+    target = batch["noised"][0]
+    assert target.any() and not mask[~target][:, target].any()
+
+
+def test_loss_index_sets(pipe):
+    row = tutorial_row(3)
+    batch = collate_without_dropout(pipe, [build_instance(row, key=2, max_history_frames=4)])
+    labels, ids = batch["labels"][0], batch["input_ids"][0]
+    supervised = (labels != -100).nonzero().flatten()
+    plan_ids = pipe.processor.text_block("Step 1: Add part 1\nStep 2: Add part 2\nStep 3: Add part 3")
+    # Cross-entropy covers the plan's tokens after its start marker, through its end marker.
+    assert ids[supervised].tolist() == plan_ids[1:] and torch.equal(labels[supervised], ids[supervised])
+    # The flow loss covers exactly the latent tokens of the noised target block.
+    types, noised = batch["mm_token_type_ids"][0], batch["noised"][0]
+    assert batch["latent_is_target"].tolist() == [False, False, True]  # two clean history frames, one target
+    target_tokens = (types == TokenType.LATENT) & noised
+    grids = batch["latent_grid_hw"]
+    assert int(target_tokens.sum()) == int((grids[:, 0] * grids[:, 1])[batch["latent_is_target"]].sum())
+    # History frames and the target carry their frame indices; text never does.
+    frames = batch["frame_ids"][0]
+    assert set(frames[types != TokenType.TEXT].tolist()) == {0, 1, 2} and (frames[types == TokenType.TEXT] == -1).all()
+
+
+def test_padded_batches_hold_one_instance_per_row(pipe):
+    row = tutorial_row(3)
+    instances = [build_instance(row, key=k, max_history_frames=4) for k in range(3)]
+    batch = collate_without_dropout(pipe, instances, packing=False)
+    assert batch["input_ids"].shape[0] == 3 and "document_ids" not in batch
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_condition_dropout_rates(pipe):
+    torch.manual_seed(0)
+    collator = LoomDataCollator(pipe.processor, text_dropout=0.1, vit_dropout=0.3, vae_dropout=0.3)
+    image = Image.new("RGB", (32, 32), "red")
+    instance = [ImageItem(image), TextItem("Make it green"), ImageItem(image, target=True)]
+    kept = {"text": 0, "vit": 0, "vae": 0}
+    draws = 1500
+    for _ in range(draws):
+        batch = collator([instance])
+        types = batch["mm_token_type_ids"][0]
+        kept["vit"] += int((types == TokenType.VIT).any())
+        kept["vae"] += int(len(batch["latent_is_target"]) == 2)
+        kept["text"] += int((batch["input_ids"][0] == pipe.processor.eos_token_id).any())
+    for name, rate in (("text", 0.1), ("vit", 0.3), ("vae", 0.3)):
+        assert abs(1 - kept[name] / draws - rate) < 0.04, (name, kept[name])
+
+
+def test_dropped_image_keeps_its_rope_slot_and_dropped_text_does_not(pipe):
+    image = Image.new("RGB", (32, 32))
+    instance = [ImageItem(image), TextItem("edit"), ImageItem(image, target=True)]
+    full = collate_without_dropout(pipe, [instance])
+    no_image = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=1, vae_dropout=1)([instance])
+    no_text = LoomDataCollator(pipe.processor, text_dropout=1, vit_dropout=0, vae_dropout=0)([instance])
+    text_start = lambda batch: batch["position_ids"][0][batch["input_ids"][0] == pipe.processor.bos_token_id][0]
+    assert text_start(no_image) == text_start(full) == 2
+    assert no_text["position_ids"][0, -1] == 2  # the target follows the two image blocks directly
+
+
+def test_token_budget_and_bad_rows(pipe, rows):
+    collator = LoomDataCollator(pipe.processor)
+    dataset = LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8)
+    from loom_hf.trainers import TokenBudgetBatchSampler
+
+    sampler = TokenBudgetBatchSampler(dataset.num_tokens, 1024, seed=0)
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(dataset)))
+    assert all(sum(dataset.num_tokens[i] for i in batch) <= 1024 for batch in batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+    broken = rows.select(range(4)).map(lambda row, index: {**row, "task": "juggling"} if index == 2 else row,
+                                       with_indices=True)  # fmt: skip
+    with pytest.warns(UserWarning):
+        skipped = LoomTrainingDataset(broken, collator, max_tokens=1024, max_frames=8, on_error="skip")
+    assert all(row != 2 for row, _ in skipped.keys)
+    with pytest.raises(ValueError, match="row 2"):
+        LoomTrainingDataset(broken, collator, max_tokens=1024, max_frames=8, on_error="raise")
+    with pytest.raises(ValueError, match="token budget"):
+        LoomTrainingDataset(rows.select(range(4)), collator, max_tokens=100, max_frames=8, on_error="raise")
+    with pytest.raises(ValueError, match="more than max_frames=2"):
+        LoomTrainingDataset(rows.select(range(8)), collator, max_tokens=1024, max_frames=2, on_error="raise")
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def make_trainer(pipe, dataset, tmp_path, **overrides) -> LoomTrainer:
+    collator = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=0, vae_dropout=0)
+    arguments = {"output_dir": str(tmp_path), "max_steps": 40, "learning_rate": 3e-3, "logging_steps": 5,
+                 "report_to": [], "use_cpu": True, "save_strategy": "no", "max_tokens_per_batch": 2048,
+                 "lr_scheduler_type": "constant", "seed": 0, **overrides}  # fmt: skip
+    train = LoomTrainingDataset(dataset, collator, max_tokens=arguments["max_tokens_per_batch"], max_frames=8)
+    return LoomTrainer(model=pipe.model, args=LoomTrainingArguments(**arguments), vae=pipe.vae, train_dataset=train,
+                       data_collator=collator, processing_class=pipe.processor)  # fmt: skip
+
+
+def losses(trainer, name):
+    return [entry[name] for entry in trainer.state.log_history if name in entry]
+
+
+class _FixedNoise(TrainerCallback):
+    """Reseeds torch before every step, so each step sees the same noise and flow times: one fixed batch."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_overfits_one_batch(pipe, rows, tmp_path, use_lora):
+    """On one fixed tutorial batch, both parts of the loss fall by at least half within 40 steps."""
+    single = rows.filter(lambda row: row["task"] == "tutorial").select([0])
+    single = single.map(lambda row: {**row, "step_texts": row["step_texts"][:1], "step_images": row["step_images"][:1]})
+    if use_lora:
+        # A trained model's text head is large enough for adapters below it to move the logits; a tiny random
+        # head (std 0.02) caps the logit gap, so give it a trained scale first.
+        torch.nn.init.normal_(pipe.model.lm_head.weight, std=0.5)
+        pipe.model.add_adapter(lora_config(pipe.model, rank=8, targets="both"))
+    trainer = make_trainer(pipe, single, tmp_path, max_steps=40, learning_rate=1e-2 if use_lora else 3e-3)
+    trainer.add_callback(_FixedNoise())
+    trainer.train()
+    ce, mse = losses(trainer, "ce_loss"), losses(trainer, "mse_loss")
+    assert ce[-1] < 0.5 * ce[0] and mse[-1] < 0.5 * mse[0], (ce, mse)
+
+
+def test_joint_loss_weights_and_gradient_accumulation(pipe, rows, tmp_path):
+    """`loss` is λ·CE + MSE, token-normalised over the whole accumulation window."""
+    trainer = make_trainer(pipe, rows, tmp_path, max_steps=1, ce_loss_weight=0.25, max_tokens_per_batch=1024)
+    loader = trainer.get_train_dataloader()
+    iterator = iter(loader)
+    batches, counts = trainer.get_batch_samples(iterator, 2, torch.device("cpu"))
+    assert counts.tolist() == [sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
+                               sum(int((b["latent_grid_hw"].prod(1) * b["latent_is_target"]).sum()) for b in batches)]
+    torch.manual_seed(0)
+    total = sum(trainer.compute_loss(pipe.model, dict(batch), num_items_in_batch=counts) for batch in batches)
+    sums = trainer._loss_sums
+    expected = 0.25 * sums["ce_sum"] / counts[0] + sums["mse_sum"] / counts[1]
+    torch.testing.assert_close(total.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_expert_selection(pipe):
+    model = pipe.model
+    select_trainable_parameters(model, "generation")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(k in n for k in ("_moe_gen", "vae2llm", "llm2vae", "time_embedder", "frame_embed"))
+                             for n in trainable)  # fmt: skip
+    select_trainable_parameters(model, "freeze_understanding")
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert "model.vision_model.post_layernorm.weight" in frozen and "model.language_model.layers.0.mlp.up_proj.weight" in frozen
+    assert "model.language_model.layers.0.mlp_moe_gen.up_proj.weight" not in frozen
+    assert "lm_head.weight" not in frozen
+    select_trainable_parameters(model, "all")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_ema_weights_are_kept_and_saved(pipe, rows, tmp_path):
+    trainer = make_trainer(pipe, rows, tmp_path, max_steps=3, ema_decay=0.5, save_strategy="steps", save_steps=3)
+    trainer.train()
+    assert (tmp_path / "checkpoint-3" / "ema.safetensors").is_file()
+    trainer.save_ema_model(str(tmp_path / "ema"))
+    ema = LoomInterleavedPipeline  # noqa: F841 - the saved folder is a plain model folder
+    from loom_hf import LoomForInterleavedGeneration
+
+    averaged = LoomForInterleavedGeneration.from_pretrained(tmp_path / "ema")
+    live = pipe.model.state_dict()
+    assert any(not torch.equal(averaged.state_dict()[k], live[k]) for k in live)
+
+
+def test_lora_adapter_saves_reloads_merges_and_runs_in_the_pipeline(pipe, tmp_path):
+    model = pipe.model
+    model.add_adapter(lora_config(model, rank=4))
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    adapted = pipe(["Draw a red house"], num_inference_steps=2, latents=noise, output_type="latent").images[0]
+    model.save_pretrained(tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+
+    fresh = tiny_pipeline(seed=0, max_frames=8)
+    fresh.set_progress_bar_config(disable=True)
+    fresh.load_lora_weights(tmp_path / "adapter")
+    reloaded = fresh(["Draw a red house"], num_inference_steps=2, latents=noise, output_type="latent").images[0]
+    torch.testing.assert_close(reloaded, adapted)
+
+    merged_pipe = tiny_pipeline(seed=0, max_frames=8)
+    merged_pipe.set_progress_bar_config(disable=True)
+    merged_pipe.model = merge_lora_adapter(merged_pipe.model, tmp_path / "adapter")
+    merged = merged_pipe(["Draw a red house"], num_inference_steps=2, latents=noise, output_type="latent").images[0]
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
+    """`accelerate launch` with two CPU processes: both losses logged, checkpoints written, resume continues."""
+    data = tmp_path / "data"
+    rows.save_to_disk(str(data))
+    output = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "examples" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "examples" / "train_sft.py"),
+        "--tiny", "--max_frames", "8", "--dataset", str(data), "--output_dir", str(output), "--use_cpu",
+        "--logging_steps", "1", "--save_steps", "2", "--max_tokens_per_batch", "1024", "--report_to", "none",
+        "--seed", "0",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*command, "--max_steps", "2"], capture_output=True, text=True, env=environment)
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["epoch"] > 0
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert all("ce_loss" in entry and "mse_loss" in entry for entry in logged) and len(logged) == 2
+    assert (output / "pipeline" / "model_index.json").is_file()
+
+    resumed = subprocess.run([*command, "--max_steps", "4", "--resume_from_checkpoint", str(output / "checkpoint-2")],
+                             capture_output=True, text=True, env=environment)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 4 and steps == [1, 2, 3, 4]
+    # World size 2: each optimizer step consumes two batches, so the epoch advances twice as fast.
+    assert "Resuming" in resumed.stderr or "resum" in resumed.stderr.lower() or steps[-1] == 4
