@@ -227,3 +227,30 @@ def test_auto_classes_and_bit_exact_round_trip(tiny_pipe, tmp_path):
         assert torch.equal(
             loaded.model.language_model.rotary_emb.inv_freq, model.model.language_model.rotary_emb.inv_freq
         )
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@torch.no_grad()
+def test_packed_rows_attend_sample_by_sample(model_and_inputs, implementation):
+    """Two packed copies of a sequence each get the hidden states the sequence has alone, and the same as one
+    attention over the whole row with a block-diagonal mask."""
+    from loom_hf.modeling.packing import create_loom_attention_mask, image_block_ids
+
+    model, inputs, _ = model_and_inputs
+    model.set_attn_implementation(implementation)
+    alone = model(**inputs).last_hidden_state
+    twice = {key: torch.cat([value, value], dim=1 if value.ndim == 2 and key.endswith("ids") else 0)
+             for key, value in inputs.items()}  # fmt: skip
+    length = inputs["input_ids"].shape[1]
+    documents = torch.tensor([[0] * length + [1] * length])
+    packed = model(**twice, document_ids=documents).last_hidden_state
+    torch.testing.assert_close(packed[:, :length], alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[:, length:], alone, atol=1e-5, rtol=1e-4)
+
+    config = model.config
+    blocks = image_block_ids(twice["input_ids"], config.vision_start_token_id, config.vision_end_token_id)
+    full_mask = create_loom_attention_mask(
+        config.text_config, torch.zeros(1, 2 * length, 8), None, None, blocks, None, documents
+    )
+    whole_row = model(**twice, attention_mask=full_mask).last_hidden_state
+    torch.testing.assert_close(whole_row, packed, atol=1e-5, rtol=1e-4)

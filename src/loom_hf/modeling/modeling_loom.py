@@ -31,7 +31,14 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .cache_loom import LoomCache
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
-from .packing import TokenType, create_loom_attention_mask, grid_position_ids, image_block_ids, rope_position_ids
+from .packing import (
+    TokenType,
+    create_loom_attention_mask,
+    document_spans,
+    grid_position_ids,
+    image_block_ids,
+    rope_position_ids,
+)
 
 __all__ = [
     "LoomPreTrainedModel",
@@ -122,16 +129,23 @@ class LoomAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        dropout = 0.0 if not self.training else self.attention_dropout
+        spans = kwargs.pop("document_spans", None)
+        if spans is None:
+            attn_output, attn_weights = attention_interface(
+                self, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=self.scaling,
+                **kwargs,
+            )  # fmt: skip
+        else:
+            # Packed samples attend separately; `attention_mask` holds one mask per sample.
+            pieces = [
+                attention_interface(
+                    self, query_states[:, :, start:end], key_states[:, :, start:end],
+                    value_states[:, :, start:end], sample_mask, dropout=dropout, scaling=self.scaling, **kwargs,
+                )[0]
+                for (start, end), sample_mask in zip(spans, attention_mask)
+            ]  # fmt: skip
+            attn_output, attn_weights = torch.cat(pieces, dim=1), None
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, gen_mask, split), attn_weights
 
@@ -298,13 +312,32 @@ class LoomTextModel(LoomPreTrainedModel):
         document_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """Run the decoder over `inputs_embeds` at BAGEL `position_ids`; see `packing.create_loom_attention_mask`."""
+        """Run the decoder over `inputs_embeds` at BAGEL `position_ids`; see `packing.create_loom_attention_mask`.
+
+        A packed row under `sdpa` or `eager` attends sample by sample (as BAGEL's SDPA path does), so its cost grows
+        with the sum of the squared sample lengths rather than the square of the row length.
+        """
         attention_kwargs = {}
         if self.config._attn_implementation.startswith("flash"):
             attention_kwargs["is_causal"] = self._flash_is_causal(block_ids, noised, document_ids)
-        mask = create_loom_attention_mask(
-            self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
-        )
+        if self._attends_per_document(inputs_embeds, attention_mask, past_key_values, document_ids):
+            spans = document_spans(document_ids)
+            mask = [
+                create_loom_attention_mask(
+                    self.config,
+                    inputs_embeds[:, start:end],
+                    None,
+                    None,
+                    None if block_ids is None else block_ids[:, start:end],
+                    None if noised is None else noised[:, start:end],
+                )
+                for start, end in spans
+            ]
+            attention_kwargs["document_spans"] = spans
+        else:
+            mask = create_loom_attention_mask(
+                self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
+            )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = inputs_embeds
         for layer in self.layers:
@@ -319,6 +352,15 @@ class LoomTextModel(LoomPreTrainedModel):
             )
         hidden_states = route_experts(self.norm, self.norm_moe_gen, hidden_states, gen_mask, self.training)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+    def _attends_per_document(self, inputs_embeds, attention_mask, past_key_values, document_ids) -> bool:
+        return (
+            document_ids is not None
+            and past_key_values is None
+            and attention_mask is None
+            and inputs_embeds.shape[0] == 1
+            and self.config._attn_implementation in ("sdpa", "eager")
+        )
 
     @staticmethod
     def _flash_is_causal(block_ids, noised, document_ids) -> bool:
@@ -599,6 +641,8 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin):
         logits_to_keep (`int` or tensor): compute text logits only for the last `n` positions (or these indices).
         Other arguments: see [`LoomModel.forward`]. `velocity` is returned whenever `latents` are given.
         """
+        # Trainers pass the token count of the whole accumulation window; it normalises the loss, not attention.
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -626,7 +670,12 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, kept, :])
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
         return LoomOutput(
             loss=loss,
             logits=logits,

@@ -27,6 +27,7 @@ __all__ = [
     "unpack_latents",
     "noise_isolation_function",
     "create_loom_attention_mask",
+    "document_spans",
     "HISTORY_MODES",
     "history_frame_indices",
     "rotation_offset_limit",
@@ -161,6 +162,13 @@ def create_loom_attention_mask(
         and_mask_function=and_function,
         block_sequence_ids=block_sequence_ids,
     )
+
+
+def document_spans(document_ids: torch.LongTensor) -> list[tuple[int, int]]:
+    """(start, end) of each packed sample of a single-row batch: the runs of equal `document_ids`."""
+    ids = document_ids[0]
+    starts = [0, *((ids[1:] != ids[:-1]).nonzero().flatten() + 1).tolist()]
+    return list(zip(starts, [*starts[1:], ids.numel()]))
 
 
 def rotation_offset_limit(num_prior: int, max_history: int) -> int:

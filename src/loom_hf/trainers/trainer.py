@@ -16,6 +16,7 @@ from transformers.trainer_utils import seed_worker
 from ..modeling import LoomForInterleavedGeneration
 from ..modeling.packing import HISTORY_MODES, pack_latents
 from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
+from .hub import loom_model_card
 
 __all__ = ["LoomTrainingArguments", "LoomTrainer", "EXPERT_CHOICES", "select_trainable_parameters"]
 
@@ -236,6 +237,36 @@ class LoomTrainer(Trainer):
                 logs["mse_loss"] = round(mse_sum / mse_count, 6)
             self._loss_sums.clear()
         super().log(logs, start_time)
+
+    # ---------------------------------------------------------------- Hub
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        dataset: str | list[str] | None = None,
+        license: str = "apache-2.0",
+        **kwargs,
+    ) -> None:
+        """Write `README.md` in the output folder: base model, datasets, training arguments, loss curve, license.
+
+        `push_to_hub` calls this, then uploads the output folder (checkpoints excluded).
+        """
+        if not self.is_world_process_zero():
+            return
+        extra = {}
+        for name, config in (getattr(self.model, "peft_config", None) or {}).items():
+            extra[f"lora ({name})"] = f"rank {config.r}, alpha {config.lora_alpha}, targets `{config.target_modules}`"
+        card = loom_model_card(
+            model_id=self.hub_model_id or model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            base_model=finetuned_from,
+            datasets=[dataset] if isinstance(dataset, str) else dataset,
+            training_arguments={**self.args.to_dict(), "world_size": self.args.world_size},
+            log_history=self.state.log_history,
+            extra_arguments=extra,
+            license=license,
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
 
     # ---------------------------------------------------------------- EMA
 
