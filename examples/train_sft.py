@@ -31,6 +31,7 @@ from loom_hf.trainers import (
     convert_loom_parquet,
     select_trainable_parameters,
 )
+from loom_hf.trainers.latent_cache import cache_latents
 from loom_hf.trainers.lora import LORA_TARGETS, lora_config
 
 logger = logging.getLogger("train_sft")
@@ -53,6 +54,7 @@ class DataArguments:
     dataset: str = field(metadata={"help": "A save_to_disk folder (schema) or Loom parquet file/folder."})
     split: str = field(default="train", metadata={"help": "Split of a DatasetDict folder."})
     dataset_format: str = field(default="schema", metadata={"help": "schema | loom_parquet."})
+    cache_latents: bool = field(default=False, metadata={"help": "Encode every image once before training."})
 
 
 def load_pipeline(model_args: ModelArguments, dtype: torch.dtype) -> LoomInterleavedPipeline:
@@ -100,8 +102,12 @@ def main() -> None:
         packing=training_args.packing,
         use_frames=model.config.max_frames > 0,
     )
+    rows = load_dataset(data_args)
+    if data_args.cache_latents:
+        with training_args.main_process_first(desc="caching latents"):
+            rows = cache_latents(rows, pipe.vae.to(training_args.device), pipe.processor, model.config.latent_patch_size)
     train_dataset = LoomTrainingDataset(
-        load_dataset(data_args),
+        rows,
         collator,
         max_tokens=training_args.max_tokens_per_batch,
         max_history_frames=training_args.max_history_frames,

@@ -171,6 +171,28 @@ def test_dropped_image_keeps_its_rope_slot_and_dropped_text_does_not(pipe):
     assert no_text["position_ids"][0, -1] == 2  # the target follows the two image blocks directly
 
 
+def test_cached_latents_match_encoding_during_training(pipe, rows, tmp_path):
+    """The `datasets.map` pre-pass stores exactly the latents the trainer would encode, and skips the VAE."""
+    from loom_hf.trainers.latent_cache import cache_latents
+
+    subset = rows.select(range(6))
+    cached = cache_latents(subset, pipe.vae, pipe.processor)
+    assert {"step_images_latents", "targets_latent_grids"} <= set(cached.column_names)
+    trainer = make_trainer(pipe, subset, tmp_path, max_steps=1)
+    collator = trainer.data_collator
+    plain, fast = (LoomTrainingDataset(data, collator, max_tokens=2048, max_frames=8) for data in (subset, cached))
+    torch.manual_seed(0)
+    plain_batch = collator([plain[0], plain[1]])
+    torch.manual_seed(0)
+    cached_batch = collator([fast[0], fast[1]])
+    assert all(tensor.ndim == 2 for tensor in cached_batch["vae_pixel_values"])  # tokens, not pixels
+    torch.manual_seed(1)
+    expected = trainer._latents(dict(plain_batch))
+    torch.manual_seed(1)
+    for actual, reference in zip(trainer._latents(dict(cached_batch)), expected):
+        assert torch.equal(actual, reference)
+
+
 def test_token_budget_and_bad_rows(pipe, rows):
     collator = LoomDataCollator(pipe.processor)
     dataset = LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8)

@@ -2,8 +2,9 @@
 
 A packed batch is one row holding several instances back to back (no padding). Inside an instance text turns are
 causal, clean images (latent and ViT blocks) are bidirectional, and a noised target block is seen by no other token;
-instances never see each other. The collator returns CPU tensors plus the VAE pixels of every latent block: the
-trainer encodes them under `no_grad`, outside the trained module, and noises the targets.
+instances never see each other. The collator returns CPU tensors plus, for every latent block, its VAE pixels
+`[3, H, W]` or its cached latent tokens `[h·w, p·p·C]`: the trainer encodes pixels under `no_grad`, outside the
+trained module, and noises the targets.
 """
 
 import random
@@ -116,12 +117,14 @@ class LoomDataCollator:
                 if not item.target and self._dropped(item.droppable, self.vae_dropout):
                     position += 1
                 else:
-                    pixels = processor.image_processor.vae_pixel_values(image)[0]
                     stride = processor.image_processor.vae_image_size[2]
-                    grid = (pixels.shape[1] // stride, pixels.shape[2] // stride)
+                    grid = (image.height // stride, image.width // stride)
                     ids, types = processor.image_block(grid[0] * grid[1], TokenType.LATENT)
                     row.extend(ids, types, position, block, item.target, frame, [IGNORE_INDEX] * len(ids), document)
-                    images["vae_pixel_values"].append(pixels)
+                    # Cached latents skip the VAE; otherwise the trainer encodes these pixels.
+                    images["vae_pixel_values"].append(
+                        item.latents if item.latents is not None else processor.image_processor.vae_pixel_values(image)[0]
+                    )
                     images["latent_grid_hw"].append(grid)
                     images["latent_is_target"].append(item.target)
                     block += 1

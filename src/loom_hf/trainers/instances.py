@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 
 import PIL.Image
+import torch
 
 from ..modeling.packing import history_frame_indices, rotation_offset_limit
 from ..pipelines.planning import format_plan, plan_instruction, step_turn
@@ -37,6 +38,7 @@ class ImageItem:
     use_vit: bool = True
     droppable: bool = True
     frame: int | None = None
+    latents: torch.Tensor | None = None  # cached clean latent tokens `[h·w, p·p·C]` (see `cache_latents`)
 
 
 Instance = list[TextItem | ImageItem]
@@ -51,6 +53,16 @@ def instance_keys(task: str, num_steps: int, num_targets: int) -> list[int]:
     return list(range(num_targets))
 
 
+def _images(row: dict, column: str) -> list[tuple[PIL.Image.Image, torch.Tensor | None]]:
+    """The images of a row column, each with its cached latent tokens when the row carries them."""
+    images = list(row[column])
+    if f"{column}_latents" not in row:
+        return [(image, None) for image in images]
+    latents = [torch.tensor(flat, dtype=torch.float32).reshape(height * width, -1)
+               for flat, (height, width) in zip(row[f"{column}_latents"], row[f"{column}_latent_grids"])]  # fmt: skip
+    return list(zip(images, latents))
+
+
 def build_instance(
     row: dict,
     key: int,
@@ -62,10 +74,10 @@ def build_instance(
 
     `rng` draws the history rotation offset of training (eq. 6); without it the offset is 0, as at inference.
     """
-    task, instruction, inputs = row["task"], row["instruction"], list(row["images"])
-    conditions: Instance = [ImageItem(image) for image in inputs]
+    task, instruction, inputs = row["task"], row["instruction"], _images(row, "images")
+    conditions: Instance = [ImageItem(image, latents=latents) for image, latents in inputs]
     if task == "tutorial":
-        steps, frames = row["step_texts"], row["step_images"]
+        steps, frames = row["step_texts"], _images(row, "step_images")
         offset = rng.randrange(rotation_offset_limit(key, max_history_frames)) if rng is not None else 0
         if history != "sparse" or key <= max_history_frames:
             offset = 0
@@ -74,14 +86,15 @@ def build_instance(
             *conditions,
             TextItem(plan_instruction(instruction, len(steps))),
             TextItem(format_plan(steps), loss=True),
-            *[ImageItem(frames[index], frame=index) for index in chosen],
+            *[ImageItem(frames[index][0], frame=index, latents=frames[index][1]) for index in chosen],
             TextItem(step_turn(key + 1, steps[key])),
-            ImageItem(frames[key], target=True, frame=key),
+            ImageItem(frames[key][0], target=True, frame=key, latents=frames[key][1]),
         ]
     if task == "understanding":
         return [
-            *[ImageItem(image, use_vae=False, droppable=False) for image in inputs],
+            *[ImageItem(image, use_vae=False, droppable=False) for image, _ in inputs],
             TextItem(instruction, droppable=False),
             TextItem(row["answer"], loss=True, droppable=False),
         ]
-    return [*conditions, TextItem(instruction), ImageItem(row["targets"][key], target=True)]
+    target, target_latents = _images(row, "targets")[key]
+    return [*conditions, TextItem(instruction), ImageItem(target, target=True, latents=target_latents)]

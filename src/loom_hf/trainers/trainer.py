@@ -177,6 +177,9 @@ class LoomTrainer(Trainer):
         patch = self.model.config.latent_patch_size
         clean = []
         for image in pixels:
+            if image.ndim == 2:  # latent tokens cached by `cache_latents`
+                clean.append(image.to(device=self.args.device, dtype=torch.float32))
+                continue
             image = image.to(device=self.args.device, dtype=self.vae.dtype).unsqueeze(0)
             latents = self.vae.encode(image).latent_dist.mode()
             latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor

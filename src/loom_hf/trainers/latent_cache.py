@@ -1,0 +1,56 @@
+"""An optional pre-pass that encodes every image of a training dataset once, so training skips the VAE."""
+
+import datasets
+import torch
+from diffusers import AutoencoderKL
+
+from ..modeling.packing import pack_latents
+from ..modeling.processing_loom import LoomProcessor
+from .schema import IMAGE_FIELDS
+
+__all__ = ["cache_latents"]
+
+
+@torch.no_grad()
+def _encode(images, vae: AutoencoderKL, processor: LoomProcessor, patch_size: int) -> tuple[list, list]:
+    """Flattened clean latent tokens and (rows, cols) token grids of PIL images, as the trainer would encode them."""
+    flat, grids = [], []
+    for image in images:
+        pixels = processor.image_processor.vae_pixel_values(processor.image_processor.resize_for_vae(image))
+        latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        tokens = pack_latents(latents.float().cpu(), patch_size)
+        flat.append(tokens.flatten().tolist())
+        grids.append([latents.shape[-2] // patch_size, latents.shape[-1] // patch_size])
+    return flat, grids
+
+
+def cache_latents(
+    dataset: datasets.Dataset,
+    vae: AutoencoderKL,
+    processor: LoomProcessor,
+    patch_size: int = 2,
+    batch_size: int = 16,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """`dataset` with the clean latent tokens of every image, computed with `datasets.map` (and its disk cache).
+
+    For each image column (`images`, `step_images`, `targets`) it adds `<column>_latents` (flattened tokens) and
+    `<column>_latent_grids`; training instances then carry these latents and the trainer does not run the VAE.
+    Encoding uses the posterior mean, exactly as the trainer and the pipeline do.
+    """
+    features = dataset.features.copy()
+    for column in IMAGE_FIELDS:
+        features[f"{column}_latents"] = datasets.List(datasets.List(datasets.Value("float32")))
+        features[f"{column}_latent_grids"] = datasets.List(datasets.List(datasets.Value("int32")))
+
+    def encode_batch(batch: dict) -> dict:
+        for column in IMAGE_FIELDS:
+            encoded = [_encode(images, vae, processor, patch_size) for images in batch[column]]
+            batch[f"{column}_latents"] = [flat for flat, _ in encoded]
+            batch[f"{column}_latent_grids"] = [grids for _, grids in encoded]
+        return batch
+
+    vae.eval()
+    return dataset.map(encode_batch, batched=True, batch_size=batch_size, features=features, num_proc=num_proc,
+                       desc="Encoding latents")  # fmt: skip
