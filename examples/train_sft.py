@@ -114,6 +114,7 @@ def main() -> None:
         history=training_args.history,
         max_frames=model.config.max_frames,
         on_error=training_args.on_bad_sample,
+        use_step_text=training_args.use_step_text,
     )
     trainer = LoomTrainer(
         model=model,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from loom_hf import ImageSegment, TextSegment
 from loom_hf.modeling.packing import history_frame_indices, rotation_offset_limit
-from loom_hf.pipelines.planning import format_plan, parse_plan, plan_instruction
+from loom_hf.pipelines.planning import format_plan, parse_plan, plan_instruction, step_turn
 from loom_hf.tiny import tiny_pipeline
 
 PLAN = ["Draw the square walls", "Add a red triangular roof", "Add a brown door", "Add two windows",
@@ -357,3 +357,23 @@ def test_bad_entity_input_is_rejected_before_work(framed_pipe, monkeypatch, over
     with pytest.raises(ValueError, match=message):
         framed_pipe(["Replace the <upper>"], height=32, width=32, **overrides)
     assert calls == []
+
+
+def test_frames_without_step_text(framed_pipe, monkeypatch):
+    """`use_step_text=False` (the "w/o stepwise prompt" ablation) renders each frame without its text turn, while
+    the output still shows the step texts."""
+    appended = []
+    append_text = framed_pipe.append_text
+
+    def record(cache, text):
+        appended.append(framed_pipe.processor.text_block(text) if isinstance(text, str) else list(text))
+        return append_text(cache, text)
+
+    monkeypatch.setattr(framed_pipe, "append_text", record)
+    turn = framed_pipe.processor.text_block(step_turn(1, PLAN[0]))
+    tutorial(framed_pipe, PLAN[:2])
+    assert turn in appended
+    appended.clear()
+    output = tutorial(framed_pipe, PLAN[:2], use_step_text=False)
+    assert turn not in appended
+    assert [s.text for s in output.segments[1::2]] == [step_turn(1, PLAN[0]), step_turn(2, PLAN[1])]

@@ -355,3 +355,11 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
     assert state["global_step"] == 4 and steps == [1, 2, 3, 4]
     # World size 2: each optimizer step consumes two batches, so the epoch advances twice as fast.
     assert "Resuming" in resumed.stderr or "resum" in resumed.stderr.lower() or steps[-1] == 4
+
+
+def test_instances_without_step_text():
+    row = tutorial_row(3)
+    with_text = build_instance(row, key=2, max_history_frames=4)
+    without = build_instance(row, key=2, max_history_frames=4, use_step_text=False)
+    assert len(without) == len(with_text) - 1
+    assert all(not (isinstance(item, TextItem) and item.text.startswith("Step 3:")) for item in without)

@@ -442,20 +442,22 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         base: GuidanceContexts,
         frames: list[EncodedImage],
         step_index: int,
-        step_text: str,
+        step_text: str | None,
         max_history_frames: int,
         history: str,
     ) -> tuple[GuidanceContexts, list[int]]:
         """Contexts that render frame `step_index` (0-based): the shared instruction + plan prefix, the chosen
-        earlier frames as clean latent + ViT blocks with their temporal indices, then the step's text turn."""
+        earlier frames as clean latent + ViT blocks with their temporal indices, then the step's text turn
+        (left out when `step_text` is `None`)."""
         contexts = base.fork()
         chosen = history_frame_indices(step_index, max_history_frames, history)
         for index in chosen:
             self.append_image(contexts.cond, frames[index], frame_index=self._frame_index(index))
         contexts.text_uncond = contexts.cond.fork()
-        ids = self.processor.text_block(step_turn(step_index + 1, step_text))
-        self.append_text(contexts.cond, ids)
-        self.append_text(contexts.image_uncond, ids)
+        if step_text is not None:
+            ids = self.processor.text_block(step_turn(step_index + 1, step_text))
+            self.append_text(contexts.cond, ids)
+            self.append_text(contexts.image_uncond, ids)
         return contexts, chosen
 
     def _frame_index(self, index: int) -> int | None:
@@ -474,6 +476,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         history: str,
         output_type: str,
         emit: Callable[[TextSegment | ImageSegment], None],
+        use_step_text: bool = True,
     ) -> list[str]:
         """Plan first, then render every step: Loom's interleaved generation. Returns the plan's steps."""
         instruction = plan_instruction(inputs[-1], num_steps)
@@ -494,7 +497,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         for index, step_text in enumerate(plan):
             turn = step_turn(index + 1, step_text)
             emit(TextSegment(text=turn, token_ids=self.processor.tokenizer.encode(turn, add_special_tokens=False)))
-            contexts, _ = self.frame_contexts(base, frames, index, step_text, max_history_frames, history)
+            shown_text = step_text if use_step_text else None
+            contexts, _ = self.frame_contexts(base, frames, index, shown_text, max_history_frames, history)
             latents = self.generate_image_latents(contexts, *size, frame_index=self._frame_index(index), **image_kwargs)
             image = self.decode_latents(latents, "pil")
             frames.append(self.encode_image(image))
@@ -678,6 +682,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         num_steps: int | None = None,
         max_history_frames: int = 4,
         history: str = "sparse",
+        use_step_text: bool = True,
         num_inference_steps: int = 50,
         guidance_scale: float = 4.0,
         image_guidance_scale: float = 2.0,
@@ -715,6 +720,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             max_history_frames: Loom's history budget `K_max`: earlier frames shown when rendering a frame.
             history: `"sparse"` (all earlier frames while they fit the budget, then uniform sparse sampling),
                 `"full"` (every earlier frame) or `"none"`.
+            use_step_text: render each frame after its step's text turn (`False` is the paper's "w/o stepwise
+                prompt" ablation, for models trained that way).
             num_inference_steps: Euler steps per image (the official code's `num_timesteps` is this + 1).
             guidance_scale: text guidance (official `cfg_text_scale`); guidance is off at 1 or less.
             image_guidance_scale: image guidance (official `cfg_img_scale`), applied only with text guidance on.
@@ -781,7 +788,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         elif task == "interleaved":
             plan_steps = self.generate_tutorial(
                 list(inputs), steps, num_steps, size, image_kwargs, text_kwargs, max_history_frames, history,
-                output_type, emit,
+                output_type, emit, use_step_text,
             )  # fmt: skip
         else:
             system_prompt = GEN_THINK_SYSTEM_PROMPT if think else None

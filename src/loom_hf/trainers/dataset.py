@@ -30,6 +30,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         max_tokens: the per-batch token budget; an instance must fit on its own.
         max_history_frames / history: Loom's history sampling (the rotation offset is drawn per access).
         max_frames: the model's frame table size (0: none); longer tutorials are bad rows.
+        use_step_text: put each frame's step text before it (False: the "w/o stepwise prompt" ablation).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         history: str = "sparse",
         max_frames: int = 0,
         on_error: str = "skip",
+        use_step_text: bool = True,
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"`on_error` must be one of {ON_ERROR_CHOICES}; got {on_error!r}.")
@@ -49,6 +51,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         if max_history_frames < 0:
             raise ValueError(f"`max_history_frames` must be >= 0; got {max_history_frames}.")
         self.dataset, self.max_history_frames, self.history = dataset, max_history_frames, history
+        self.use_step_text = use_step_text
         valid_rows, _ = validate_rows(dataset, max_frames=max_frames or None, on_error=on_error)
         self.keys: list[tuple[int, int]] = []
         self.num_tokens: list[int] = []
@@ -75,10 +78,8 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
     def _instance(self, row_index: int, key: int, worst_case: bool = False) -> Instance:
         """Instance `key` of a row; `worst_case` takes the longest history instead of a random rotation."""
         row = self.dataset[row_index]
-        if worst_case:
-            return build_instance(row, key, self.max_history_frames, self.history)
-        seed = int(torch.randint(0, 2**31 - 1, ()))
-        return build_instance(row, key, self.max_history_frames, self.history, rng=random.Random(seed))
+        rng = None if worst_case else random.Random(int(torch.randint(0, 2**31 - 1, ())))
+        return build_instance(row, key, self.max_history_frames, self.history, rng, self.use_step_text)
 
     def __len__(self) -> int:
         return len(self.keys)

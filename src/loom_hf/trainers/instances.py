@@ -69,10 +69,12 @@ def build_instance(
     max_history_frames: int = 4,
     history: str = "sparse",
     rng: random.Random | None = None,
+    use_step_text: bool = True,
 ) -> Instance:
     """Instance `key` of a dataset row in the training schema (images decoded to PIL).
 
     `rng` draws the history rotation offset of training (eq. 6); without it the offset is 0, as at inference.
+    `use_step_text=False` leaves out the text turn before the target frame (the "w/o stepwise prompt" ablation).
     """
     task, instruction, inputs = row["task"], row["instruction"], _images(row, "images")
     conditions: Instance = [ImageItem(image, latents=latents) for image, latents in inputs]
@@ -87,7 +89,7 @@ def build_instance(
             TextItem(plan_instruction(instruction, len(steps))),
             TextItem(format_plan(steps), loss=True),
             *[ImageItem(frames[index][0], frame=index, latents=frames[index][1]) for index in chosen],
-            TextItem(step_turn(key + 1, steps[key])),
+            *([TextItem(step_turn(key + 1, steps[key]))] if use_step_text else []),
             ImageItem(frames[key][0], target=True, frame=key, latents=frames[key][1]),
         ]
     if task == "understanding":

@@ -35,6 +35,7 @@ class LoomTrainingArguments(TrainingArguments):
     ce_loss_weight: float = field(default=0.25, metadata={"help": "λ_CE: weight of the text loss (Loom: 0.25)."})
     max_history_frames: int = field(default=4, metadata={"help": "K_max: earlier frames shown per frame."})
     history: str = field(default="sparse", metadata={"help": "History sampling: sparse | full | none."})
+    use_step_text: bool = field(default=True, metadata={"help": "Put each frame's step text before it."})
     text_dropout: float = field(default=0.1, metadata={"help": "Probability of dropping a conditioning text."})
     vit_dropout: float = field(default=0.3, metadata={"help": "Probability of dropping a ViT image block."})
     vae_dropout: float = field(default=0.3, metadata={"help": "Probability of dropping a clean latent block."})
