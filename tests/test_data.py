@@ -1,12 +1,12 @@
 """The procedural dataset: determinism, coverage of every family, cumulative tutorial frames and their masks,
-held-out subject x colour pairs, schema validity and the atomic export."""
+held-out subject x colour pairs, plans that follow from the instruction, schema validity and the atomic export."""
 
 import argparse
 import itertools
 import json
 import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 
 import datasets
 import numpy as np
@@ -16,6 +16,7 @@ from loom_hf.data import (
     BACKGROUNDS,
     FAMILIES,
     HELD_OUT_PAIRS,
+    PROCEDURES,
     STYLES,
     SUBJECTS,
     TRAIN_PAIRS,
@@ -125,6 +126,57 @@ def test_drawing_instructions_name_subject_and_colour(dataset):
     for row, meta in rows_of(dataset["train"], "drawing"):
         assert SUBJECTS[meta["subject"]].describe(meta["colour"]) in row["instruction"]
         assert any(meta["colour"] in text for text in row["step_texts"]), row["step_texts"]
+
+
+Plan = tuple[str, ...]
+
+
+def plans_by_content(dataset: datasets.DatasetDict) -> dict[tuple[str, str], list[Plan]]:
+    """The step texts of every row (all tutorials), grouped by what its instruction describes: (subject, colour)
+    for a drawing, (procedure, instruction) for a procedure, whose instruction has no phrasing template."""
+    plans = defaultdict(list)
+    for split in dataset.values():
+        for row, meta in zip(split, metas(split)):
+            content = meta["colour"] if meta["family"] == "drawing" else row["instruction"]
+            plans[meta["subject"], content].append(tuple(row["step_texts"]))
+    return plans
+
+
+def with_colour(plan: Plan, old: str, new: str) -> Plan:
+    """`plan` with the colour word `old` replaced by `new`."""
+    return tuple(re.sub(rf"\b{old}\b", new, text) for text in plan)
+
+
+def test_plan_is_determined_by_the_instruction():
+    """Tutorials that describe the same thing share one plan, and a held-out pair's plan is its subject's template
+    with the colour word substituted, as a model can infer from the training pairs."""
+    dataset = build_dataset(240, seed=11, size=32, mix={"drawing": 3, "procedure": 1})
+    plans = plans_by_content(dataset)
+    repeated = [content for content, group in plans.items() if len(group) > 1]
+    assert len(repeated) >= 40
+    assert set(SUBJECTS) | {"pizza"} <= {subject for subject, _ in repeated}, "too few repeats to compare"
+    for content, group in plans.items():
+        assert len(set(group)) == 1, f"{content}: {set(group)}"
+    for subject, colour in HELD_OUT_PAIRS:
+        (held_out_plan,) = set(plans[subject, colour])
+        siblings = {
+            train_colour: with_colour(plans[name, train_colour][0], train_colour, colour)
+            for name, train_colour in TRAIN_PAIRS
+            if name == subject and (name, train_colour) in plans
+        }
+        assert held_out_plan in siblings.values(), f"{subject}, {colour}: {held_out_plan} vs {siblings}"
+
+
+def test_procedure_plan_follows_from_its_instruction():
+    """The procedure builders themselves, over many draws: one instruction, one plan, 3-6 steps."""
+    plans = defaultdict(set)
+    for seed in range(2000):
+        name = random.Random(seed).choice(tuple(PROCEDURES))
+        instruction, _, parts = PROCEDURES[name](random.Random(seed))
+        plans[instruction].add(tuple(part.caption for part in parts))
+        assert 3 <= len(parts) <= 6
+    assert all(len(plan) == 1 for plan in plans.values())
+    assert len(plans) < 1000, "too few repeated instructions to compare"
 
 
 def test_subjects_and_styles():

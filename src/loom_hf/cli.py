@@ -1,4 +1,4 @@
-"""`loom` command line: convert a BAGEL release, synthesise training data, evaluate tutorials."""
+"""`loom` command line: generate tutorials, convert a BAGEL release, synthesise training data, evaluate."""
 
 import argparse
 import shutil
@@ -43,6 +43,33 @@ def convert_bagel(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate(args: argparse.Namespace) -> int:
+    """Write a plan-first tutorial (frames, tutorial.md, tutorial.html) for a prompt."""
+    from PIL import Image
+
+    from . import DEFAULT_MODEL
+    from .pipelines import LoomInterleavedPipeline
+
+    model = args.model or DEFAULT_MODEL
+    if not (Path(model) / "model_index.json").is_file():
+        raise SystemExit(f"error: {model!r} is not a saved LoomInterleavedPipeline folder.")
+    pipe = LoomInterleavedPipeline.from_pretrained(model, dtype=torch.float32)
+    images = [Image.open(path) for path in args.image]
+    output = pipe(
+        [*images, args.prompt],
+        task="interleaved",
+        num_steps=args.num_steps,
+        max_history_frames=args.max_history_frames,
+        history=args.history,
+        num_inference_steps=args.steps,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    folder = output.save(args.output_dir, title=args.prompt)
+    print("\n".join(f"Step {i}: {step}" for i, step in enumerate(output.plan, start=1)))
+    print(f"Wrote {folder / 'tutorial.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timestep-shift", type=float, default=3.0, help="default sampling shift (BAGEL: 3.0)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     convert.set_defaults(handler=convert_bagel)
+
+    tutorial = commands.add_parser("generate", help="Generate a step-by-step tutorial (default: the embedded model).")
+    tutorial.add_argument("prompt", help='the instruction, e.g. "Draw a red house"')
+    tutorial.add_argument("--output-dir", required=True, help="where the frames and tutorial.md/html are written")
+    tutorial.add_argument("--model", help="a saved LoomInterleavedPipeline folder (default: loom_hf.DEFAULT_MODEL)")
+    tutorial.add_argument("--image", action="append", default=[], help="input image(s), read before the prompt")
+    tutorial.add_argument("--num-steps", type=int, help="at most this many steps (default: the model decides)")
+    tutorial.add_argument("--steps", type=int, default=20, help="denoising steps per frame (default 20)")
+    tutorial.add_argument("--max-history-frames", type=int, default=4, help="earlier frames shown per frame")
+    tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")
+    tutorial.add_argument("--seed", type=int, default=0)
+    tutorial.set_defaults(handler=generate)
 
     from .data import add_synth_arguments
 

@@ -186,8 +186,15 @@ class Painter:
         pattern: Pattern | None = None,
     ) -> None:
         """A rectangle from corner (`u0`, `v0`) to (`u1`, `v1`), with corners rounded by `radius`."""
-        xy, r = self.bounds(u0, v0, u1, v1), self.length(radius)
+        xy = self.bounds(u0, v0, u1, v1)
+        r = self._corner_radius(xy, radius)
         self._shape(lambda d, f, o, w: d.rounded_rectangle(xy, r, fill=f, outline=o, width=w), fill, outline, pattern)
+
+    def _corner_radius(self, xy: list[float], radius: float) -> float:
+        """`radius` in canvas pixels, kept short of half the rectangle's (pixel-rounded) sides: Pillow's
+        `rounded_rectangle` fails on a small rectangle whose corners meet along one side only."""
+        x0, y0, x1, y1 = (round(c) for c in xy)
+        return max(0.0, min(self.length(radius), (min(x1 - x0, y1 - y0) - 2) / 2))
 
     def ellipse(
         self,

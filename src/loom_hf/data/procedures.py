@@ -2,7 +2,10 @@
 Procedures of the synthetic Loom data ([`PROCEDURES`]: soup, glass, pizza, cake): a dish or drink whose state changes
 step by step.
 
-Each builder returns (instruction, variant, parts).
+Each builder returns (instruction, variant, parts). The instruction names every choice that shows in the step texts
+(the soup and its ingredients, the drink, its extras and whether it is poured slowly, the toppings, the icing and
+decorations), so the plan follows from the instruction; `rng` also varies what the steps leave unsaid (the bowl's
+colour, where ingredients fall, the glass's shape).
 """
 
 import math
@@ -82,7 +85,7 @@ def _soup(rng: random.Random) -> tuple[str, str, list[Part]]:
         p.circle(0.5, 0.5, 0.335, SOUPS[soup], outline=False)
 
     parts = [
-        Part("bowl", f"Put an empty {bowl} bowl on the table", bowl_part),
+        Part("bowl", "Put an empty bowl on the table", bowl_part),
         Part("soup", f"Pour in the {soup}", pour),
     ]
     parts += [Part(name, captions[name], ingredient(name)) for name in chosen]
@@ -146,11 +149,11 @@ def _glass(rng: random.Random) -> tuple[str, str, list[Part]]:
         p.chord(u, rim + 0.01, 0.09, 180, 360, COLOURS["yellow"])
         p.chord(u, rim + 0.01, 0.065, 180, 360, (252, 238, 150), outline=False)
 
-    fills = rng.choice(
-        (
-            ((1 / 3, "until the glass is a third full"), (2 / 3, "until it is two thirds full")),
-            ((0.5, "until the glass is half full"),),
-        )
+    slowly = rng.random() < 0.5
+    fills = (
+        ((1 / 3, "until the glass is a third full"), (2 / 3, "until it is two thirds full"))
+        if slowly
+        else ((0.5, "until the glass is half full"),)
     )
     parts = [Part("glass", "Place an empty glass on the table", glass)]
     parts += [
@@ -158,13 +161,16 @@ def _glass(rng: random.Random) -> tuple[str, str, list[Part]]:
         for k, (level, text) in enumerate(fills)
     ]
     parts.append(Part("liquid", "Fill the glass to the top", liquid_to(1.0)))
-    extras = [
-        Part("ice", "Drop in a few ice cubes", ice),
-        Part("straw", f"Put in a {straw} straw", straw_part),
-        Part("lemon", "Add a slice of lemon on the rim", lemon),
-    ]
-    parts += [part for part in extras if rng.random() < 0.5][: 6 - len(parts)]
-    return f"Pour a glass of {drink}", drink, parts
+    extras = {
+        "ice": Part("ice", "Drop in a few ice cubes", ice),
+        f"a {straw} straw": Part("straw", f"Put in a {straw} straw", straw_part),
+        "a slice of lemon": Part("lemon", "Add a slice of lemon on the rim", lemon),
+    }
+    chosen = [name for name in extras if rng.random() < 0.5][: 6 - len(parts)]
+    parts += [extras[name] for name in chosen]
+    instruction = f"{'Slowly pour' if slowly else 'Pour'} a glass of {drink}"
+    instruction += f" with {_join(chosen)}" if chosen else ""
+    return instruction, drink, parts
 
 
 TOPPINGS = ("pepperoni", "olives", "basil", "mushrooms", "peppers")
@@ -274,15 +280,20 @@ def _cake(rng: random.Random) -> tuple[str, str, list[Part]]:
         Part("sponge", "Put a sponge cake on a plate", sponge),
         Part("icing", f"Cover the top with {icing} icing", icing_part),
     ]
+    decorations = [f"{icing} icing"]
     if rng.random() < 0.6:
         parts.append(Part("candles", f"Stick {candles} candles in the cake", candle_sticks))
-        if rng.random() < 0.7:
+        lit = rng.random() < 0.7
+        if lit:
             parts.append(Part("flames", "Light the candles", flames))
+        decorations.append(f"{candles} lit candles" if lit else f"{candles} candles")
     elif rng.random() < 0.7:
         parts.append(Part("cherry", "Put a cherry on top", cherry))
+        decorations.append("a cherry")
     if len(parts) < 3 or rng.random() < 0.5:
         parts.append(Part("sprinkles", "Add colourful sprinkles on the side", sprinkles))
-    return f"Decorate a cake with {icing} icing", icing, parts
+        decorations.append("sprinkles")
+    return f"Decorate a cake with {_join(decorations)}", icing, parts
 
 
 def _join(names: Sequence[str]) -> str:

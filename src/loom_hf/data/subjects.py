@@ -3,7 +3,10 @@ Tutorial subjects of the synthetic Loom data ([`SUBJECTS`]: house, tree, snowman
 fish, cat).
 
 Each builder lays its subject out in the unit square and returns 3-6 [`Part`]s; the main colour is the one the
-instruction names.
+instruction names. The plan (which parts, in which order, with which captions) is fixed per subject, with the main
+colour substituted: a secondary colour is the first of its list that differs from the main one ([`first_other`]).
+`rng` only varies the geometry (sizes, positions, small shape variations), so two drawings of the same subject and
+colour share their step texts but not their pictures.
 """
 
 import math
@@ -24,17 +27,19 @@ from .painter import (
     Part,
     darker,
     leaf_points,
-    lighter,
-    pick_other,
     scatter,
 )
+
+
+def first_other(colour: str, *choices: str) -> str:
+    """The first of `choices` other than the main `colour`: a secondary colour that never clashes with it."""
+    return next(choice for choice in choices if choice != colour)
 
 
 def _house(rng: random.Random, colour: str) -> list[Part]:
     wall_left, wall_top, apex = rng.uniform(0.16, 0.22), rng.uniform(0.44, 0.52), rng.uniform(0.08, 0.15)
     wall_right, eave = 1 - wall_left, 0.07
-    roof = pick_other(rng, ("red", "brown", "grey", "blue", "purple", "black"), colour)
-    door = pick_other(rng, ("brown", "red", "blue", "green", "yellow"), colour)
+    roof = first_other(colour, "red", "grey")
     door_left = 0.43 + rng.uniform(-0.02, 0.02)
     door_right = door_left + 0.14
     chimney_left, chimney_top = rng.uniform(0.6, 0.66), apex + 0.03
@@ -49,7 +54,7 @@ def _house(rng: random.Random, colour: str) -> list[Part]:
         p.polygon([(wall_left - eave, wall_top), (wall_right + eave, wall_top), (0.5, apex)], COLOURS[roof])
 
     def door_part(p: Painter) -> None:
-        p.rect(door_left, 0.67, door_right, 0.95, COLOURS[door])
+        p.rect(door_left, 0.67, door_right, 0.95, COLOURS["brown"])
         p.circle(door_right - 0.03, 0.82, 0.013, COLOURS["yellow"], outline=False)
 
     def windows(p: Painter) -> None:
@@ -82,28 +87,22 @@ def _house(rng: random.Random, colour: str) -> list[Part]:
             (200, 200, 205),
         )
 
-    middle = [Part("door", f"Add a {door} door", door_part)]
-    if rng.random() < 0.75:
-        middle.append(Part("windows", "Add two square windows", windows))
-    rng.shuffle(middle)
-    parts = [
+    return [
         Part("walls", f"Draw the square {colour} walls of the house", walls),
         Part("roof", f"Add a {roof} triangular roof", roof_part),
-        *middle,
+        Part("door", "Add a brown door", door_part),
+        Part("windows", "Add two square windows", windows),
+        Part("chimney", "Add a brick chimney on the roof", chimney),
+        Part("smoke", "Add a puff of smoke from the chimney", smoke),
     ]
-    if rng.random() < 0.5:
-        parts.append(Part("chimney", "Add a brick chimney on the roof", chimney))
-        if rng.random() < 0.5:
-            parts.append(Part("smoke", "Add a puff of smoke from the chimney", smoke))
-    return parts
 
 
-FRUIT_NAMES = {"red": "red apples", "orange": "oranges", "yellow": "yellow lemons", "purple": "purple plums"}
+FRUIT_NAMES = {"red": "red apples", "yellow": "yellow lemons"}
 
 
 def _tree(rng: random.Random, colour: str) -> list[Part]:
     trunk_half, crown_v, crown_r = rng.uniform(0.05, 0.07), rng.uniform(0.3, 0.35), rng.uniform(0.24, 0.28)
-    fruit = pick_other(rng, tuple(FRUIT_NAMES), colour)
+    fruit = first_other(colour, *FRUIT_NAMES)
     crown_circles = [
         (0.5, crown_v, crown_r),
         (0.5 - crown_r * 0.65, crown_v + crown_r * 0.3, crown_r * 0.72),
@@ -129,27 +128,17 @@ def _tree(rng: random.Random, colour: str) -> list[Part]:
         blades = [(u / 20, 0.88 if u % 2 else 0.92) for u in range(21)]
         p.polygon([(0.0, 1.0), *blades, (1.0, 1.0)], GRASS)
 
-    def hollow(p: Painter) -> None:
-        p.ellipse(0.5, 0.76, 0.025, 0.04, (60, 36, 20))
-
-    parts = [
+    return [
         Part("trunk", "Draw a brown trunk", trunk),
         Part("leaves", f"Add a fluffy {colour} crown of leaves", crown),
+        Part("fruit", f"Hang some {FRUIT_NAMES[fruit]} in the crown", fruits),
+        Part("grass", "Add green grass at the bottom", grass),
     ]
-    if rng.random() < 0.6:
-        parts.append(Part("fruit", f"Hang some {FRUIT_NAMES[fruit]} in the crown", fruits))
-    if rng.random() < 0.4:
-        parts.append(Part("hollow", "Add a dark hollow in the trunk", hollow))
-    if len(parts) == 2 or rng.random() < 0.5:
-        parts.append(Part("grass", "Add green grass at the bottom", grass))
-    return parts
 
 
 def _snowman(rng: random.Random, colour: str) -> list[Part]:
     snow, edge = (250, 250, 250), (150, 160, 180)
     lean = rng.uniform(-0.02, 0.02)
-    hat = rng.choice(("black", "brown", "blue", "red"))
-    hat = hat if hat != colour else "black"
 
     def body(p: Painter) -> None:
         p.circle(0.5, 0.76, 0.2, snow, outline=edge)
@@ -171,32 +160,22 @@ def _snowman(rng: random.Random, colour: str) -> list[Part]:
 
     def top_hat(p: Painter) -> None:
         u = 0.5 + lean * 2
-        p.rect(u - 0.08, 0.03, u + 0.08, 0.15, COLOURS[hat])
-        p.rect(u - 0.13, 0.14, u + 0.13, 0.165, COLOURS[hat])
-
-    def buttons(p: Painter) -> None:
-        for v in (0.44, 0.5, 0.56):
-            p.circle(0.5 + lean, v, 0.017, COLOURS["black"], outline=False)
+        p.rect(u - 0.08, 0.03, u + 0.08, 0.15, COLOURS["black"])
+        p.rect(u - 0.13, 0.14, u + 0.13, 0.165, COLOURS["black"])
 
     def arms(p: Painter) -> None:
         u = 0.5 + lean
         p.line([(u - 0.14, 0.46), (u - 0.34, 0.33), (u - 0.38, 0.28)], WOOD, 0.022)
         p.line([(u + 0.14, 0.46), (u + 0.34, 0.33), (u + 0.38, 0.36)], WOOD, 0.022)
 
-    parts = [
+    return [
         Part("body", "Draw two stacked snowballs for the body", body),
         Part("head", "Add a smaller snowball for the head", head),
-    ]
-    if rng.random() < 0.8:
-        parts.append(Part("face", "Add coal eyes and a carrot nose", face))
-    parts.append(Part("scarf", f"Wrap a {colour} scarf around the neck", scarf))
-    optional = [
-        Part("hat", f"Put a {hat} top hat on the head", top_hat),
-        Part("buttons", "Add three coal buttons", buttons),
+        Part("face", "Add coal eyes and a carrot nose", face),
+        Part("scarf", f"Wrap a {colour} scarf around the neck", scarf),
+        Part("hat", "Put a black top hat on the head", top_hat),
         Part("arms", "Add two stick arms", arms),
     ]
-    parts += [part for part in optional if rng.random() < 0.5][: 6 - len(parts)]
-    return parts
 
 
 def _car(rng: random.Random, colour: str) -> list[Part]:
@@ -229,27 +208,18 @@ def _car(rng: random.Random, colour: str) -> list[Part]:
         p.rect(0.88, body_top + 0.06, 0.95, body_top + 0.11, COLOURS["yellow"], radius=0.02)
         p.rect(0.05, body_top + 0.06, 0.1, body_top + 0.11, COLOURS["red"], radius=0.02)
 
-    def door(p: Painter) -> None:
-        p.line([(0.5, body_top + 0.02), (0.5, 0.7)], darker(COLOURS[colour], 0.45), 0)
-        p.rect(0.53, body_top + 0.06, 0.6, body_top + 0.085, (220, 220, 225), radius=0.01)
-
-    parts = [
+    return [
         Part("body", f"Draw the long {colour} body of the car", body),
         Part("cabin", "Add the cabin on top", cabin),
         Part("wheels", "Add two black wheels", wheels),
+        Part("windows", "Add the side windows", windows),
+        Part("lights", "Add a yellow headlight and a red tail light", lights),
     ]
-    if rng.random() < 0.8:
-        parts.append(Part("windows", "Add the side windows", windows))
-    if rng.random() < 0.6:
-        parts.append(Part("lights", "Add a yellow headlight and a red tail light", lights))
-    if rng.random() < 0.4:
-        parts.append(Part("door", "Add a door with a handle", door))
-    return parts
 
 
 def _flower(rng: random.Random, colour: str) -> list[Part]:
     count, bend, centre_v = rng.choice((5, 6, 8)), rng.uniform(-0.04, 0.04), rng.uniform(0.27, 0.33)
-    middle = "brown" if colour in ("yellow", "orange") else "yellow"
+    middle = first_other(colour, "yellow", "brown")
     stem_colour = (60, 150, 60)
 
     def stem(p: Painter) -> None:
@@ -272,16 +242,13 @@ def _flower(rng: random.Random, colour: str) -> list[Part]:
         p.polygon([(0.34, 0.78), (0.66, 0.78), (0.61, 0.98), (0.39, 0.98)], terracotta)
         p.rect(0.31, 0.75, 0.69, 0.81, terracotta)
 
-    parts = [Part("stem", "Draw a green stem", stem)]
-    if rng.random() < 0.7:
-        parts.append(Part("leaves", "Add two leaves to the stem", leaves))
-    parts += [
-        Part("petals", f"Add {count} {colour} petals at the top", petals),
+    return [
+        Part("stem", "Draw a green stem", stem),
+        Part("leaves", "Add two leaves to the stem", leaves),
+        Part("petals", f"Add a ring of {colour} petals at the top", petals),
         Part("centre", f"Add a {middle} centre", centre),
+        Part("pot", "Put the flower in a clay pot", pot),
     ]
-    if rng.random() < 0.5:
-        parts.append(Part("pot", "Put the flower in a clay pot", pot))
-    return parts
 
 
 def _face(rng: random.Random, colour: str) -> list[Part]:
@@ -319,27 +286,17 @@ def _face(rng: random.Random, colour: str) -> list[Part]:
     def mouth(p: Painter) -> None:
         p.arc(0.5, 0.7, 0.13, 0.08, 20, 160, (150, 40, 40), 0.025)
 
-    def cheeks(p: Painter) -> None:
-        for u in (0.28, 0.72):
-            p.circle(u, 0.7, 0.05, (245, 150, 150), outline=False)
-
-    hair_text = {"short": f"short {colour}", "curly": f"curly {colour}", "spiky": f"spiky {colour}"}[style]
-    parts = [
+    return [
         Part("head", "Draw a round face", head),
-        Part("hair", f"Add {hair_text} hair", hair),
+        Part("hair", f"Add {colour} hair on top", hair),
         Part("eyes", "Add two eyes", eyes),
+        Part("nose", "Add a small nose", nose),
+        Part("mouth", "Add a smiling mouth", mouth),
     ]
-    if rng.random() < 0.6:
-        parts.append(Part("nose", "Add a small nose", nose))
-    parts.append(Part("mouth", "Add a smiling mouth", mouth))
-    if rng.random() < 0.5:
-        parts.append(Part("cheeks", "Add rosy cheeks", cheeks))
-    return parts
 
 
 def _boat(rng: random.Random, colour: str) -> list[Part]:
-    sail = pick_other(rng, ("white", "yellow", "red", "blue"), colour)
-    flag = pick_other(rng, ("red", "yellow", "green", "blue"), colour)
+    flag = first_other(colour, "red", "yellow")
     deck = rng.uniform(0.6, 0.64)
 
     def hull(p: Painter) -> None:
@@ -349,79 +306,52 @@ def _boat(rng: random.Random, colour: str) -> list[Part]:
         p.line([(0.5, deck), (0.5, 0.1)], WOOD, 0.03)
 
     def main_sail(p: Painter) -> None:
-        p.polygon([(0.53, 0.12), (0.53, deck - 0.04), (0.86, deck - 0.04)], COLOURS[sail])
-
-    def jib(p: Painter) -> None:
-        p.polygon([(0.47, 0.2), (0.47, deck - 0.04), (0.22, deck - 0.04)], lighter(COLOURS[sail], 0.3))
+        p.polygon([(0.53, 0.12), (0.53, deck - 0.04), (0.86, deck - 0.04)], COLOURS["white"])
 
     def flag_part(p: Painter) -> None:
         p.polygon([(0.5, 0.04), (0.5, 0.12), (0.38, 0.08)], COLOURS[flag])
-
-    def portholes(p: Painter) -> None:
-        for u in (0.34, 0.5, 0.66):
-            p.circle(u, deck + 0.09, 0.03, GLASS_BLUE)
 
     def waves(p: Painter) -> None:
         crest = [(k / 20, 0.8 + 0.025 * math.sin(k / 20 * 4 * math.pi)) for k in range(21)]
         p.polygon([(0.0, 1.0), *crest, (1.0, 1.0)], (70, 140, 220))
 
-    parts = [
+    return [
         Part("hull", f"Draw a {colour} hull", hull),
         Part("mast", "Add a tall mast", mast),
-        Part("sail", f"Add a {sail} triangular sail", main_sail),
-    ]
-    optional = [
-        Part("front sail", "Add a smaller front sail", jib),
+        Part("sail", "Add a white triangular sail", main_sail),
         Part("flag", f"Add a small {flag} flag on top", flag_part),
-        Part("portholes", "Add three round portholes", portholes),
         Part("waves", "Add blue waves under the boat", waves),
     ]
-    parts += [part for part in optional if rng.random() < 0.5][:3]
-    return parts
 
 
 def _rocket(rng: random.Random, colour: str) -> list[Part]:
-    trim = pick_other(rng, ("red", "white", "grey", "orange", "blue"), colour)
-    half = rng.uniform(0.12, 0.14)
+    half, nose_height, fin_reach = rng.uniform(0.12, 0.14), rng.uniform(0.22, 0.27), rng.uniform(0.13, 0.17)
     left, right = 0.5 - half, 0.5 + half
 
     def body(p: Painter) -> None:
         p.rect(left, 0.3, right, 0.8, COLOURS[colour], radius=0.05)
 
     def nose(p: Painter) -> None:
-        curve = [(0.5 - half * math.cos(t), 0.31 - 0.26 * math.sin(t)) for t in np.linspace(0, math.pi / 2, 7)]
-        p.attached([*curve, *[(1 - u, v) for u, v in reversed(curve[:-1])]], COLOURS[trim])
+        curve = [(0.5 - half * math.cos(t), 0.31 - nose_height * math.sin(t)) for t in np.linspace(0, math.pi / 2, 7)]
+        p.attached([*curve, *[(1 - u, v) for u, v in reversed(curve[:-1])]], COLOURS["white"])
 
     def fins(p: Painter) -> None:
-        p.attached([(left, 0.6), (left - 0.16, 0.84), (left, 0.8)], COLOURS[trim])
-        p.attached([(right, 0.6), (right + 0.16, 0.84), (right, 0.8)], COLOURS[trim])
+        p.attached([(left, 0.6), (left - fin_reach, 0.84), (left, 0.8)], COLOURS["white"])
+        p.attached([(right, 0.6), (right + fin_reach, 0.84), (right, 0.8)], COLOURS["white"])
 
     def window(p: Painter) -> None:
         p.circle(0.5, 0.45, 0.07, GLASS_BLUE, outline=(170, 175, 185))
 
-    def stripe(p: Painter) -> None:
-        p.rect(left, 0.66, right, 0.71, COLOURS[trim], outline=False)
-
-    def flames(p: Painter) -> None:
-        p.polygon([(0.41, 0.8), (0.59, 0.8), (0.5, 0.99)], COLOURS["orange"])
-        p.polygon([(0.45, 0.8), (0.55, 0.8), (0.5, 0.91)], COLOURS["yellow"], outline=False)
-
-    parts = [
+    return [
         Part("body", f"Draw the tall {colour} body of the rocket", body),
-        Part("nose cone", f"Add a pointed {trim} nose cone", nose),
-        Part("fins", f"Add two {trim} fins at the bottom", fins),
+        Part("nose cone", "Add a pointed white nose cone", nose),
+        Part("fins", "Add two white fins at the bottom", fins),
+        Part("window", "Add a round window", window),
     ]
-    if rng.random() < 0.8:
-        parts.append(Part("window", "Add a round window", window))
-    if rng.random() < 0.4:
-        parts.append(Part("stripe", f"Paint a {trim} stripe around the body", stripe))
-    if rng.random() < 0.6:
-        parts.append(Part("flames", "Add fiery flames under the rocket", flames))
-    return parts
 
 
 def _fish(rng: random.Random, colour: str) -> list[Part]:
-    rx, ry = rng.uniform(0.28, 0.31), rng.uniform(0.17, 0.21)
+    rx, ry, spread = rng.uniform(0.28, 0.31), rng.uniform(0.17, 0.21), rng.uniform(1.0, 1.2)
     cu = 0.46
 
     def body(p: Painter) -> None:
@@ -429,60 +359,38 @@ def _fish(rng: random.Random, colour: str) -> list[Part]:
 
     def tail(p: Painter) -> None:
         p.attached(
-            [(cu + rx - 0.02, 0.5), (0.96, 0.5 - ry * 1.1), (0.96, 0.5 + ry * 1.1)], darker(COLOURS[colour], 0.85)
+            [(cu + rx - 0.02, 0.5), (0.96, 0.5 - ry * spread), (0.96, 0.5 + ry * spread)], darker(COLOURS[colour], 0.85)
         )
 
     def eye(p: Painter) -> None:
         p.circle(cu - rx * 0.6, 0.46, 0.05, WHITE)
         p.circle(cu - rx * 0.64, 0.46, 0.024, COLOURS["black"], outline=False)
 
-    def fin(p: Painter) -> None:
-        top = 0.5 - ry
-        p.attached(
-            [(cu - 0.08, top + 0.02), (cu - 0.02, top - 0.12), (cu + 0.12, top + 0.02)], darker(COLOURS[colour], 0.85)
-        )
-
-    def stripes(p: Painter) -> None:
-        for u in (cu + 0.02, cu + 0.12):
-            half = ry * math.sqrt(max(0.0, 1 - ((u - cu) / rx) ** 2)) - 0.02
-            p.line([(u, 0.5 - half), (u, 0.5 + half)], darker(COLOURS[colour], 0.7), 0.04)
-
-    def bubbles(p: Painter) -> None:
-        for u, v, r in ((0.1, 0.32, 0.03), (0.06, 0.2, 0.035), (0.12, 0.08, 0.025)):
-            p.circle(u, v, r, (205, 232, 250), outline=(110, 165, 210))
-
-    parts = [
+    return [
         Part("body", f"Draw an oval {colour} body", body),
         Part("tail", "Add a tail fin", tail),
         Part("eye", "Add a round eye", eye),
     ]
-    optional = [
-        Part("fin", "Add a fin on its back", fin),
-        Part("stripes", "Add two dark stripes", stripes),
-        Part("bubbles", "Add a few bubbles", bubbles),
-    ]
-    parts += [part for part in optional if rng.random() < 0.5]
-    return parts
 
 
 def _cat(rng: random.Random, colour: str) -> list[Part]:
-    eye_colour = rng.choice(("green", "yellow", "blue"))
     whisker = WHITE if colour == "black" else COLOURS["black"]
     fur = COLOURS[colour]
+    ear_tip, eye_gap = rng.uniform(0.1, 0.17), rng.uniform(0.1, 0.13)
 
     def head(p: Painter) -> None:
         p.circle(0.5, 0.58, 0.3, fur)
 
     def ears(p: Painter) -> None:
         for side in (1, -1):
-            outer = [(0.5 + side * (u - 0.5), v) for u, v in ((0.23, 0.47), (0.26, 0.13), (0.47, 0.3))]
-            inner = [(0.5 + side * (u - 0.5), v) for u, v in ((0.28, 0.38), (0.29, 0.22), (0.4, 0.32))]
+            outer = [(0.5 + side * (u - 0.5), v) for u, v in ((0.23, 0.47), (0.26, ear_tip), (0.47, 0.3))]
+            inner = [(0.5 + side * (u - 0.5), v) for u, v in ((0.28, 0.38), (0.29, ear_tip + 0.09), (0.4, 0.32))]
             p.attached(outer, fur)
             p.polygon(inner, (245, 170, 185), outline=False)
 
     def eyes(p: Painter) -> None:
-        for u in (0.38, 0.62):
-            p.ellipse(u, 0.55, 0.065, 0.075, COLOURS[eye_colour])
+        for u in (0.5 - eye_gap, 0.5 + eye_gap):
+            p.ellipse(u, 0.55, 0.065, 0.075, COLOURS["green"])
             p.ellipse(u, 0.55, 0.02, 0.06, COLOURS["black"], outline=False)
 
     def nose(p: Painter) -> None:
@@ -495,22 +403,13 @@ def _cat(rng: random.Random, colour: str) -> list[Part]:
             for dv in (-0.04, 0.0, 0.04):
                 p.line([(0.5 + side * 0.12, 0.69 + dv / 3), (0.5 + side * 0.36, 0.67 + dv)], whisker, 0.01)
 
-    def stripes(p: Painter) -> None:
-        for start, end in (((0.5, 0.3), (0.5, 0.4)), ((0.42, 0.32), (0.44, 0.4)), ((0.58, 0.32), (0.56, 0.4))):
-            p.line([start, end], darker(fur, 0.6), 0.025)
-
-    parts = [
+    return [
         Part("head", f"Draw a round {colour} head", head),
         Part("ears", "Add two pointy ears", ears),
-        Part("eyes", f"Add two {eye_colour} eyes", eyes),
+        Part("eyes", "Add two green eyes", eyes),
+        Part("nose", "Add a pink nose and a mouth", nose),
+        Part("whiskers", "Add whiskers", whiskers),
     ]
-    if rng.random() < 0.8:
-        parts.append(Part("nose", "Add a pink nose and a mouth", nose))
-    if rng.random() < 0.6:
-        parts.append(Part("whiskers", "Add whiskers", whiskers))
-    if rng.random() < 0.3:
-        parts.append(Part("stripes", "Add tabby stripes on the forehead", stripes))
-    return parts
 
 
 @dataclass(frozen=True)
