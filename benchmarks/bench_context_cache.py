@@ -57,8 +57,13 @@ def main() -> None:
 
         def cached_step():
             with cache.read_only():
-                return model(input_ids=torch.tensor([block_ids]), mm_token_type_ids=torch.tensor([block_types]),
-                             past_key_values=cache, logits_to_keep=1, **block).velocity  # fmt: skip
+                return model(
+                    input_ids=torch.tensor([block_ids]),
+                    mm_token_type_ids=torch.tensor([block_types]),
+                    past_key_values=cache,
+                    logits_to_keep=1,
+                    **block,
+                ).velocity
 
         full_ids = torch.cat([context, torch.tensor([block_ids])], dim=1)
         full_types = torch.cat([torch.zeros_like(context), torch.tensor([block_types])], dim=1)

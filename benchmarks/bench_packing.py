@@ -32,17 +32,31 @@ def setup(max_tokens: int):
     pipe = tiny_pipeline(
         seed=0,
         max_frames=8,
-        text_config={"vocab_size": 432, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
-                     "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 4096},
-    )  # fmt: skip
+        text_config={
+            "vocab_size": 432,
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+        },
+    )
     rows = build_dataset(64, seed=0)["train"]
     packed = LoomDataCollator(pipe.processor, 0, 0, 0, packing=True)
     padded = LoomDataCollator(pipe.processor, 0, 0, 0, packing=False)
     dataset = LoomTrainingDataset(rows, packed, max_tokens=max_tokens, max_frames=8)
-    arguments = LoomTrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, max_steps=1,
-                                      max_tokens_per_batch=max_tokens)  # fmt: skip
-    trainer = LoomTrainer(model=pipe.model, args=arguments, vae=pipe.vae, train_dataset=dataset, data_collator=packed,
-                          processing_class=pipe.processor)  # fmt: skip
+    arguments = LoomTrainingArguments(
+        output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, max_steps=1, max_tokens_per_batch=max_tokens
+    )
+    trainer = LoomTrainer(
+        model=pipe.model,
+        args=arguments,
+        vae=pipe.vae,
+        train_dataset=dataset,
+        data_collator=packed,
+        processing_class=pipe.processor,
+    )
     trainer.create_optimizer()
     batches = list(trainer.get_train_dataloader().batch_sampler)
     per_batch = round(statistics.mean(len(batch) for batch in batches))
@@ -114,15 +128,30 @@ def main() -> None:
                 padding.setdefault(mode, []).append(1 - real / (shape[0] * shape[1]))
     memory = {}
     for mode in modes:
-        child = subprocess.run([sys.executable, __file__, "--memory-of", mode, "--steps", str(args.steps),
-                                "--max-tokens", str(args.max_tokens)], capture_output=True, text=True, check=True)  # fmt: skip
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-of",
+                mode,
+                "--steps",
+                str(args.steps),
+                "--max-tokens",
+                str(args.max_tokens),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         memory[mode] = json.loads(child.stdout.strip().splitlines()[-1])["peak_mb"]
     result = {
         "instances": len(dataset),
         "instances_per_padded_row_batch": len(modes["padded"][1][0]),
         "padding_fraction_of_padded_batches": round(statistics.mean(padding["padded"]), 3),
         "tokens_per_second": {mode: round(statistics.median(values)) for mode, values in rates.items()},
-        "packed_over_padded_throughput": round(statistics.median(rates["packed"]) / statistics.median(rates["padded"]), 2),
+        "packed_over_padded_throughput": round(
+            statistics.median(rates["packed"]) / statistics.median(rates["padded"]), 2
+        ),
         "training_peak_memory_mb": {mode: round(value) for mode, value in memory.items()},
         "packed_over_padded_peak_memory": round(memory["packed"] / memory["padded"], 2),
     }

@@ -61,9 +61,15 @@ def main() -> None:
             start = time.perf_counter()
             contexts, _ = pipe.frame_contexts(base, frames, index, plan[index], args.max_history_frames, history)
             latents = pipe.generate_image_latents(
-                contexts, args.image_size, args.image_size, args.steps, guidance, 3.0, generator=torch.Generator().manual_seed(0),
+                contexts,
+                args.image_size,
+                args.image_size,
+                args.steps,
+                guidance,
+                3.0,
+                generator=torch.Generator().manual_seed(0),
                 frame_index=index,
-            )  # fmt: skip
+            )
             pipe.encode_image(pipe.decode_latents(latents, "pil"))
             return time.perf_counter() - start
 

@@ -1,8 +1,8 @@
 """Generate with a Loom pipeline and write the results to a folder.
 
-    python examples/generate.py --output-dir outputs/demo                      # tiny random model (noise)
-    python examples/generate.py --bagel /path/to/BAGEL-7B-MoT --output-dir out   # an official BAGEL release
-    python examples/generate.py --model /path/to/converted --image cat.png --prompt "Make the cat wear a hat."
+python examples/generate.py --output-dir outputs/demo                      # tiny random model (noise)
+python examples/generate.py --bagel /path/to/BAGEL-7B-MoT --output-dir out   # an official BAGEL release
+python examples/generate.py --model /path/to/converted --image cat.png --prompt "Make the cat wear a hat."
 """
 
 import argparse
@@ -74,7 +74,9 @@ def main() -> None:
             record.append({"type": "image", "file": path.name})
         else:
             record.append({"type": "text", "text": segment.text})
-    (out_dir / "segments.json").write_text(json.dumps({"inputs": [str(i) for i in inputs], "segments": record}, indent=2))
+    (out_dir / "segments.json").write_text(
+        json.dumps({"inputs": [str(i) for i in inputs], "segments": record}, indent=2)
+    )
     print(f"Wrote {len(record)} segment(s) to {out_dir}")
 
 

@@ -44,15 +44,18 @@ def main() -> None:
     script_args, training_args = HfArgumentParser((ScriptArguments, SFTConfig)).parse_args_into_dataclasses()
     if bool(script_args.model_name_or_path) == script_args.tiny:
         raise ValueError("Pass exactly one of --model_name_or_path or --tiny.")
-    pipe = tiny_pipeline(seed=0) if script_args.tiny else LoomInterleavedPipeline.from_pretrained(
-        script_args.model_name_or_path
+    pipe = (
+        tiny_pipeline(seed=0)
+        if script_args.tiny
+        else LoomInterleavedPipeline.from_pretrained(script_args.model_name_or_path)
     )
     rows = datasets.load_from_disk(script_args.dataset)
     rows = rows[script_args.split] if isinstance(rows, datasets.DatasetDict) else rows
     processor = pipe.processor
     pairs = plan_pairs(rows, processor.bos_token, processor.eos_token)
-    trainer = SFTTrainer(model=pipe.model, args=training_args, train_dataset=pairs,
-                         processing_class=processor.tokenizer)  # fmt: skip
+    trainer = SFTTrainer(
+        model=pipe.model, args=training_args, train_dataset=pairs, processing_class=processor.tokenizer
+    )
     trainer.train()
     if trainer.is_world_process_zero():
         pipe.save_pretrained(f"{training_args.output_dir}/pipeline")

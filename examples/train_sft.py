@@ -64,7 +64,9 @@ def load_pipeline(model_args: ModelArguments, dtype: torch.dtype) -> LoomInterle
     if model_args.tiny:
         return tiny_pipeline(seed=0, max_frames=model_args.max_frames)
     if model_args.bagel_release:
-        return LoomInterleavedPipeline.from_bagel(model_args.bagel_release, dtype=dtype, max_frames=model_args.max_frames)
+        return LoomInterleavedPipeline.from_bagel(
+            model_args.bagel_release, dtype=dtype, max_frames=model_args.max_frames
+        )
     return LoomInterleavedPipeline.from_pretrained(model_args.model_name_or_path, dtype=dtype)
 
 
@@ -105,7 +107,9 @@ def main() -> None:
     rows = load_dataset(data_args)
     if data_args.cache_latents:
         with training_args.main_process_first(desc="caching latents"):
-            rows = cache_latents(rows, pipe.vae.to(training_args.device), pipe.processor, model.config.latent_patch_size)
+            rows = cache_latents(
+                rows, pipe.vae.to(training_args.device), pipe.processor, model.config.latent_patch_size
+            )
     train_dataset = LoomTrainingDataset(
         rows,
         collator,

@@ -103,7 +103,9 @@ def test_foreign_position_table_is_rejected(release):
 
 def test_cli_writes_a_sharded_folder_that_round_trips(bagel_pipeline, tmp_path):
     destination = tmp_path / "converted"
-    assert loom(["convert-bagel", str(FIXTURE / "checkpoint"), str(destination), *SIZES, "--max-shard-size", "1MB"]) == 0
+    assert (
+        loom(["convert-bagel", str(FIXTURE / "checkpoint"), str(destination), *SIZES, "--max-shard-size", "1MB"]) == 0
+    )
     index = json.loads((destination / "model" / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all((destination / "model" / shard).is_file() for shard in shards)

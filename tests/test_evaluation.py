@@ -47,18 +47,20 @@ def single_thread():
 
 def verdict(temporal: int, following: int, narrative: int) -> str:
     """A judge answer in the protocol's JSON format."""
-    return json.dumps({
-        "temporal_coherence": temporal,
-        "temporal_coherence_reasoning": "Parts stay in place.",
-        "instruction_following": following,
-        "instruction_following_reasoning": "Each frame shows its step.",
-        "narrative_consistency": narrative,
-        "narrative_consistency_reasoning": "The order makes sense.",
-        "overall_score": (temporal + following + narrative) / 3,
-        "step_alignment": [{"step": 1, "aligned": True, "issue": ""}],
-        "usability": "Easy to follow.",
-        "image_text_pairing": "Good.",
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "temporal_coherence": temporal,
+            "temporal_coherence_reasoning": "Parts stay in place.",
+            "instruction_following": following,
+            "instruction_following_reasoning": "Each frame shows its step.",
+            "narrative_consistency": narrative,
+            "narrative_consistency_reasoning": "The order makes sense.",
+            "overall_score": (temporal + following + narrative) / 3,
+            "step_alignment": [{"step": 1, "aligned": True, "issue": ""}],
+            "usability": "Easy to follow.",
+            "image_text_pairing": "Good.",
+        }
+    )
 
 
 # ---------------------------------------------------------------- SSIM and PSNR
@@ -354,9 +356,14 @@ def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path):
     assert math.isfinite(gt_plan["step_fidelity"]) and gt_plan["step_fidelity"] > 0
     assert 0 <= gt_plan["temporal_coherence"] <= 1
     # The judge scored the two ground-truth-plan tutorials: means of (5, 4, 3) and (3, 2, 1).
-    assert gt_plan["judge"] == {"temporal_coherence": 4.0, "instruction_following": 3.0,
-                                "narrative_consistency": 2.0, "overall_score": 3.0, "num_judged": 2,
-                                "num_unusable": 0}  # fmt: skip
+    assert gt_plan["judge"] == {
+        "temporal_coherence": 4.0,
+        "instruction_following": 3.0,
+        "narrative_consistency": 2.0,
+        "overall_score": 3.0,
+        "num_judged": 2,
+        "num_unusable": 0,
+    }
     assert [call[1] for call in judge.calls] == [eval_split[0]["step_texts"], eval_split[1]["step_texts"]]
 
     # A random model writes no parsable plan: both samples are plan misses with no frames, and nothing to judge.
@@ -385,11 +392,28 @@ def test_eval_command_line(random_pipe, eval_split, tmp_path, capsys, no_proxy):
     eval_split.select(range(1)).save_to_disk(str(tmp_path / "data"))
     parser = add_eval_arguments(argparse.ArgumentParser())
     with ChatCompletionsServer(verdict(2, 3, 4)) as server:
-        args = parser.parse_args([
-            "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--steps", "1", "--seed", "3",
-            "--max-new-tokens", "8", "--device", "cpu", "--report", str(tmp_path / "out" / "report.json"),
-            "--judge-url", server.url, "--judge-model", "judge-model",
-        ])  # fmt: skip
+        args = parser.parse_args(
+            [
+                "--model",
+                str(tmp_path / "model"),
+                "--data",
+                str(tmp_path / "data"),
+                "--steps",
+                "1",
+                "--seed",
+                "3",
+                "--max-new-tokens",
+                "8",
+                "--device",
+                "cpu",
+                "--report",
+                str(tmp_path / "out" / "report.json"),
+                "--judge-url",
+                server.url,
+                "--judge-model",
+                "judge-model",
+            ]
+        )
         assert args.handler(args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert json.loads(capsys.readouterr().out) == report

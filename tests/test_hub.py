@@ -27,8 +27,11 @@ class _Repository:
 
     def upload_folder(self, repo_id, folder_path, **kwargs):
         shutil.copytree(folder_path, self.destination)
-        self.uploaded = (repo_id, sorted(str(p.relative_to(self.destination)) for p in self.destination.rglob("*")),
-                         kwargs.get("ignore_patterns"))  # fmt: skip
+        self.uploaded = (
+            repo_id,
+            sorted(str(p.relative_to(self.destination)) for p in self.destination.rglob("*")),
+            kwargs.get("ignore_patterns"),
+        )
         return "commit"
 
 
@@ -44,12 +47,26 @@ def test_trainer_push_uploads_model_processor_and_card(hub, tmp_path):
     pipe = tiny_pipeline(seed=0, max_frames=8)
     rows = build_dataset(8, seed=0)["train"]
     collator = LoomDataCollator(pipe.processor)
-    arguments = LoomTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, logging_steps=1, report_to=[],
-                                      use_cpu=True, save_strategy="steps", save_steps=1, max_tokens_per_batch=1024,
-                                      hub_model_id="someone/loom-tiny", hub_private_repo=True)  # fmt: skip
-    trainer = LoomTrainer(model=pipe.model, args=arguments, vae=pipe.vae, data_collator=collator,
-                          train_dataset=LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8),
-                          processing_class=pipe.processor)  # fmt: skip
+    arguments = LoomTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=1,
+        max_tokens_per_batch=1024,
+        hub_model_id="someone/loom-tiny",
+        hub_private_repo=True,
+    )
+    trainer = LoomTrainer(
+        model=pipe.model,
+        args=arguments,
+        vae=pipe.vae,
+        data_collator=collator,
+        train_dataset=LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8),
+        processing_class=pipe.processor,
+    )
     trainer.train()
     trainer.push_to_hub(finetuned_from="ByteDance-Seed/BAGEL-7B-MoT", dataset="loom-procedural")
 
@@ -69,15 +86,29 @@ def test_trainer_push_uploads_model_processor_and_card(hub, tmp_path):
 
 def test_pipeline_push_uploads_every_component_and_the_card(hub):
     pipe = tiny_pipeline(seed=0)
-    history = [{"loss": 2.0, "ce_loss": 5.0, "mse_loss": 0.8, "step": 1}, {"loss": 1.0, "ce_loss": 1.0, "step": 2,
-                                                                              "mse_loss": 0.7}]  # fmt: skip
-    card = loom_model_card("someone/loom-pipe", "ByteDance-Seed/BAGEL-7B-MoT", ["loom-procedural"],
-                           {"learning_rate": 1e-4, "history": "sparse"}, history, pipeline=True)  # fmt: skip
+    history = [
+        {"loss": 2.0, "ce_loss": 5.0, "mse_loss": 0.8, "step": 1},
+        {"loss": 1.0, "ce_loss": 1.0, "step": 2, "mse_loss": 0.7},
+    ]
+    card = loom_model_card(
+        "someone/loom-pipe",
+        "ByteDance-Seed/BAGEL-7B-MoT",
+        ["loom-procedural"],
+        {"learning_rate": 1e-4, "history": "sparse"},
+        history,
+        pipeline=True,
+    )
     push_pipeline_to_hub(pipe, "someone/loom-pipe", card)
     repo_id, files, _ = hub.uploaded
     assert repo_id == "someone/loom-pipe"
-    for name in ("model_index.json", "README.md", "model/config.json", "vae/config.json",
-                 "scheduler/scheduler_config.json", "processor/processor_config.json"):  # fmt: skip
+    for name in (
+        "model_index.json",
+        "README.md",
+        "model/config.json",
+        "vae/config.json",
+        "scheduler/scheduler_config.json",
+        "processor/processor_config.json",
+    ):
         assert name in files
     loaded = LoomInterleavedPipeline.from_pretrained(hub.destination)
     expected = pipe.model.state_dict()

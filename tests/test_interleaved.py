@@ -12,8 +12,15 @@ from loom_hf.modeling.packing import history_frame_indices, rotation_offset_limi
 from loom_hf.pipelines.planning import format_plan, parse_plan, plan_instruction, step_turn
 from loom_hf.tiny import tiny_pipeline
 
-PLAN = ["Draw the square walls", "Add a red triangular roof", "Add a brown door", "Add two windows",
-        "Add a chimney", "Add a path", "Add the sun"]  # fmt: skip
+PLAN = [
+    "Draw the square walls",
+    "Add a red triangular roof",
+    "Add a brown door",
+    "Add two windows",
+    "Add a chimney",
+    "Add a path",
+    "Add the sun",
+]
 
 
 @pytest.fixture
@@ -33,8 +40,10 @@ def tutorial(pipe, plan, **kwargs):
 # ---------------------------------------------------------------- plan parsing
 
 PLAN_FORMS = [
-    ("Step1: Boil water, add pasta, Step2: Cut avocado, Step3: Mix and serve", ["Boil water, add pasta",
-     "Cut avocado", "Mix and serve"]),
+    (
+        "Step1: Boil water, add pasta, Step2: Cut avocado, Step3: Mix and serve",
+        ["Boil water, add pasta", "Cut avocado", "Mix and serve"],
+    ),
     ("Step 1: Boil: water, salt.\nStep 2: Cut avocado.\nStep 3: Mix.", ["Boil: water, salt.", "Cut avocado.", "Mix."]),
     ("Step1: Soak for 2 hours. **Step2:** Chop. **Step3:** Serve.", ["Soak for 2 hours.", "Chop.", "Serve."]),
     ("1: An outline. **2:** Refine the head. **3:** The body.", ["An outline.", "Refine the head.", "The body."]),
@@ -42,7 +51,7 @@ PLAN_FORMS = [
     ("1: Mix 1.5 cups. 2: Bake at 150 °C for 50 minutes.", ["Mix 1.5 cups.", "Bake at 150 °C for 50 minutes."]),
     ("Step 1: Mix 2. Add flour. Step 2: Bake", ["Mix 2. Add flour.", "Bake"]),
     ("Step 1) Walls\nStep 2) Roof", ["Walls", "Roof"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("text", "expected"), PLAN_FORMS)
@@ -190,9 +199,15 @@ def test_image_to_interleaved_reads_the_input_image(framed_pipe):
     image = Image.new("RGB", (48, 48), (0, 120, 200))
     with_image = tutorial(framed_pipe, PLAN[:2], output_type="latent", generator=torch.Generator().manual_seed(0))
     framed_pipe_output = framed_pipe(
-        [image, "Draw a red house"], task="interleaved", plan=PLAN[:2], num_inference_steps=1, height=32, width=32,
-        output_type="latent", generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        [image, "Draw a red house"],
+        task="interleaved",
+        plan=PLAN[:2],
+        num_inference_steps=1,
+        height=32,
+        width=32,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not torch.allclose(with_image.images[0], framed_pipe_output.images[0])
 
 
@@ -207,8 +222,9 @@ def test_generated_plan_is_parsed_and_capped(framed_pipe, monkeypatch):
 
     monkeypatch.setattr(framed_pipe, "generate_text", lambda *args, **kwargs: written)
     monkeypatch.setattr(framed_pipe, "encode_context", record)
-    output = framed_pipe(["Draw a red house"], task="interleaved", num_steps=3, num_inference_steps=1, height=32,
-                         width=32)  # fmt: skip
+    output = framed_pipe(
+        ["Draw a red house"], task="interleaved", num_steps=3, num_inference_steps=1, height=32, width=32
+    )
     assert output.plan == ["Walls", "Roof", "Door"]
     assert prompts[0] == plan_instruction("Draw a red house", 3)
 
@@ -228,10 +244,20 @@ def test_segments_stream_as_soon_as_they_exist(framed_pipe, monkeypatch):
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(framed_pipe, "generate_image_latents", render)
-    tutorial(framed_pipe, PLAN[:2], callback_on_segment=lambda pipe, index, segment: events.append(
-        (index, type(segment).__name__)))  # fmt: skip
-    assert events == [(0, "TextSegment"), (1, "TextSegment"), "render", (2, "ImageSegment"),
-                      (3, "TextSegment"), "render", (4, "ImageSegment")]  # fmt: skip
+    tutorial(
+        framed_pipe,
+        PLAN[:2],
+        callback_on_segment=lambda pipe, index, segment: events.append((index, type(segment).__name__)),
+    )
+    assert events == [
+        (0, "TextSegment"),
+        (1, "TextSegment"),
+        "render",
+        (2, "ImageSegment"),
+        (3, "TextSegment"),
+        "render",
+        (4, "ImageSegment"),
+    ]
 
 
 class _ImageSources(HTMLParser):
@@ -294,8 +320,13 @@ def test_entity_mask_changes_latents_only_inside_the_mask(framed_pipe):
     image = Image.new("RGB", (48, 32), "white")
 
     def first_step(**kwargs):
-        return framed_pipe([image, "Replace the <upper> with a red sweater"], num_inference_steps=1, latents=noise,
-                           output_type="latent", **kwargs).images[0]  # fmt: skip
+        return framed_pipe(
+            [image, "Replace the <upper> with a red sweater"],
+            num_inference_steps=1,
+            latents=noise,
+            output_type="latent",
+            **kwargs,
+        ).images[0]
 
     plain = first_step()
     localized = first_step(entity_masks={"<upper>": mask}, entity_guidance_scale=9.0)

@@ -239,8 +239,10 @@ def test_packed_rows_attend_sample_by_sample(model_and_inputs, implementation):
     model, inputs, _ = model_and_inputs
     model.set_attn_implementation(implementation)
     alone = model(**inputs).last_hidden_state
-    twice = {key: torch.cat([value, value], dim=1 if value.ndim == 2 and key.endswith("ids") else 0)
-             for key, value in inputs.items()}  # fmt: skip
+    twice = {
+        key: torch.cat([value, value], dim=1 if value.ndim == 2 and key.endswith("ids") else 0)
+        for key, value in inputs.items()
+    }
     length = inputs["input_ids"].shape[1]
     documents = torch.tensor([[0] * length + [1] * length])
     packed = model(**twice, document_ids=documents).last_hidden_state

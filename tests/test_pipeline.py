@@ -100,8 +100,9 @@ def test_output_types_and_segments(tiny_pipe):
 def test_generator_reproduces_and_seeds_differ(tiny_pipe):
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        return tiny_pipe(PROMPT, num_inference_steps=2, height=32, width=32, output_type="latent",
-                         generator=generator).images[0]  # fmt: skip
+        return tiny_pipe(
+            PROMPT, num_inference_steps=2, height=32, width=32, output_type="latent", generator=generator
+        ).images[0]
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -110,8 +111,11 @@ def test_generator_reproduces_and_seeds_differ(tiny_pipe):
 def test_sampled_text_is_seeded(tiny_pipe):
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        return tiny_pipe(PROMPT, task="text", do_sample=True, temperature=1.5, max_new_tokens=8,
-                         generator=generator).segments[0].token_ids  # fmt: skip
+        return (
+            tiny_pipe(PROMPT, task="text", do_sample=True, temperature=1.5, max_new_tokens=8, generator=generator)
+            .segments[0]
+            .token_ids
+        )
 
     assert run(3) == run(3)
 
@@ -123,8 +127,9 @@ def test_callback_sees_every_step_and_can_replace_latents(tiny_pipe):
         steps.append(step)
         return {"latents": torch.zeros_like(tensors["latents"])}
 
-    latent = tiny_pipe(PROMPT, num_inference_steps=3, height=32, width=32, output_type="latent",
-                       callback_on_step_end=callback).images[0]  # fmt: skip
+    latent = tiny_pipe(
+        PROMPT, num_inference_steps=3, height=32, width=32, output_type="latent", callback_on_step_end=callback
+    ).images[0]
     assert steps == [0, 1, 2]
     assert torch.count_nonzero(latent) == 0
 
@@ -136,8 +141,12 @@ def test_guidance_contexts_evaluated(counted, guidance_scale, image_guidance_sca
     """Each step runs the conditional context, plus the text- and image-free ones only when their scale is on."""
     pipe, calls = counted
     image = Image.new("RGB", (32, 32))
-    pipe([image, PROMPT[0]], num_inference_steps=2, guidance_scale=guidance_scale,
-         image_guidance_scale=image_guidance_scale)  # fmt: skip
+    pipe(
+        [image, PROMPT[0]],
+        num_inference_steps=2,
+        guidance_scale=guidance_scale,
+        image_guidance_scale=image_guidance_scale,
+    )
     context_forwards = 2 + 1 + 1  # image: latent block + ViT block; the text in the conditional and image-free caches
     assert len(calls) == context_forwards + 2 * forwards_per_step
 

@@ -25,7 +25,10 @@ def test_plan_pairs_use_the_pipeline_turns():
     pairs = load_script().plan_pairs(rows, "<|im_start|>", "<|im_end|>")
     tutorial = rows.filter(lambda row: row["task"] == "tutorial")[0]
     steps = tutorial["step_texts"]
-    assert pairs[0]["prompt"] == f"<|im_start|>{plan_instruction(tutorial['instruction'], len(steps))}<|im_end|><|im_start|>"
+    assert (
+        pairs[0]["prompt"]
+        == f"<|im_start|>{plan_instruction(tutorial['instruction'], len(steps))}<|im_end|><|im_start|>"
+    )
     assert pairs[0]["completion"] == f"{format_plan(steps)}<|im_end|>"
 
 
@@ -34,8 +37,17 @@ def test_sft_trainer_lowers_the_plan_loss(tmp_path):
     pipe = tiny_pipeline(seed=0)
     rows = build_dataset(16, seed=0)["train"]
     pairs = load_script().plan_pairs(rows, pipe.processor.bos_token, pipe.processor.eos_token).select(range(4))
-    config = SFTConfig(output_dir=str(tmp_path), max_steps=25, learning_rate=3e-3, logging_steps=5, report_to=[],
-                       use_cpu=True, per_device_train_batch_size=4, save_strategy="no", lr_scheduler_type="constant")
+    config = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=25,
+        learning_rate=3e-3,
+        logging_steps=5,
+        report_to=[],
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        lr_scheduler_type="constant",
+    )
     trainer = SFTTrainer(model=pipe.model, args=config, train_dataset=pairs, processing_class=pipe.processor.tokenizer)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -47,8 +47,15 @@ def pipe():
 
 def tutorial_row(num_steps: int = 6) -> dict:
     frames = [Image.new("RGB", (64, 64), (20 * i, 40, 90)) for i in range(num_steps)]
-    return {"task": "tutorial", "instruction": "Draw a red house", "images": [], "answer": "", "targets": [],
-            "step_texts": [f"Add part {i}" for i in range(1, num_steps + 1)], "step_images": frames}  # fmt: skip
+    return {
+        "task": "tutorial",
+        "instruction": "Draw a red house",
+        "images": [],
+        "answer": "",
+        "targets": [],
+        "step_texts": [f"Add part {i}" for i in range(1, num_steps + 1)],
+        "step_images": frames,
+    }
 
 
 def collate_without_dropout(pipe, instances, packing=True):
@@ -89,9 +96,14 @@ def test_packed_batch_mask_isolates_noise_and_samples(pipe):
     batch = collate_without_dropout(pipe, instances)
     config = pipe.model.config.text_config
     mask = create_loom_attention_mask(
-        config, torch.zeros(1, batch["input_ids"].shape[1], 8), None, None, batch["block_ids"], batch["noised"],
+        config,
+        torch.zeros(1, batch["input_ids"].shape[1], 8),
+        None,
+        None,
+        batch["block_ids"],
+        batch["noised"],
         batch["document_ids"],
-    )[0, 0]  # fmt: skip
+    )[0, 0]
 
     # Expected: per document, BAGEL's split rule over (causal text | full image block | noise target) splits.
     expected = torch.zeros_like(mask)
@@ -166,7 +178,10 @@ def test_dropped_image_keeps_its_rope_slot_and_dropped_text_does_not(pipe):
     full = collate_without_dropout(pipe, [instance])
     no_image = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=1, vae_dropout=1)([instance])
     no_text = LoomDataCollator(pipe.processor, text_dropout=1, vit_dropout=0, vae_dropout=0)([instance])
-    text_start = lambda batch: batch["position_ids"][0][batch["input_ids"][0] == pipe.processor.bos_token_id][0]
+
+    def text_start(batch):
+        return batch["position_ids"][0][batch["input_ids"][0] == pipe.processor.bos_token_id][0]
+
     assert text_start(no_image) == text_start(full) == 2
     assert no_text["position_ids"][0, -1] == 2  # the target follows the two image blocks directly
 
@@ -205,8 +220,9 @@ def test_token_budget_and_bad_rows(pipe, rows):
     sampler.set_epoch(1)
     assert list(sampler) != batches
 
-    broken = rows.select(range(4)).map(lambda row, index: {**row, "task": "juggling"} if index == 2 else row,
-                                       with_indices=True)  # fmt: skip
+    broken = rows.select(range(4)).map(
+        lambda row, index: {**row, "task": "juggling"} if index == 2 else row, with_indices=True
+    )
     with pytest.warns(UserWarning):
         skipped = LoomTrainingDataset(broken, collator, max_tokens=1024, max_frames=8, on_error="skip")
     assert all(row != 2 for row, _ in skipped.keys)
@@ -223,12 +239,28 @@ def test_token_budget_and_bad_rows(pipe, rows):
 
 def make_trainer(pipe, dataset, tmp_path, **overrides) -> LoomTrainer:
     collator = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=0, vae_dropout=0)
-    arguments = {"output_dir": str(tmp_path), "max_steps": 40, "learning_rate": 3e-3, "logging_steps": 5,
-                 "report_to": [], "use_cpu": True, "save_strategy": "no", "max_tokens_per_batch": 2048,
-                 "lr_scheduler_type": "constant", "seed": 0, **overrides}  # fmt: skip
+    arguments = {
+        "output_dir": str(tmp_path),
+        "max_steps": 40,
+        "learning_rate": 3e-3,
+        "logging_steps": 5,
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "max_tokens_per_batch": 2048,
+        "lr_scheduler_type": "constant",
+        "seed": 0,
+        **overrides,
+    }
     train = LoomTrainingDataset(dataset, collator, max_tokens=arguments["max_tokens_per_batch"], max_frames=8)
-    return LoomTrainer(model=pipe.model, args=LoomTrainingArguments(**arguments), vae=pipe.vae, train_dataset=train,
-                       data_collator=collator, processing_class=pipe.processor)  # fmt: skip
+    return LoomTrainer(
+        model=pipe.model,
+        args=LoomTrainingArguments(**arguments),
+        vae=pipe.vae,
+        train_dataset=train,
+        data_collator=collator,
+        processing_class=pipe.processor,
+    )
 
 
 def losses(trainer, name):
@@ -265,8 +297,10 @@ def test_joint_loss_weights_and_gradient_accumulation(pipe, rows, tmp_path):
     loader = trainer.get_train_dataloader()
     iterator = iter(loader)
     batches, counts = trainer.get_batch_samples(iterator, 2, torch.device("cpu"))
-    assert counts.tolist() == [sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
-                               sum(int((b["latent_grid_hw"].prod(1) * b["latent_is_target"]).sum()) for b in batches)]
+    assert counts.tolist() == [
+        sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
+        sum(int((b["latent_grid_hw"].prod(1) * b["latent_is_target"]).sum()) for b in batches),
+    ]
     torch.manual_seed(0)
     total = sum(trainer.compute_loss(pipe.model, dict(batch), num_items_in_batch=counts) for batch in batches)
     sums = trainer._loss_sums
@@ -278,11 +312,15 @@ def test_expert_selection(pipe):
     model = pipe.model
     select_trainable_parameters(model, "generation")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(any(k in n for k in ("_moe_gen", "vae2llm", "llm2vae", "time_embedder", "frame_embed"))
-                             for n in trainable)  # fmt: skip
+    assert trainable and all(
+        any(k in n for k in ("_moe_gen", "vae2llm", "llm2vae", "time_embedder", "frame_embed")) for n in trainable
+    )
     select_trainable_parameters(model, "freeze_understanding")
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert "model.vision_model.post_layernorm.weight" in frozen and "model.language_model.layers.0.mlp.up_proj.weight" in frozen
+    assert (
+        "model.vision_model.post_layernorm.weight" in frozen
+        and "model.language_model.layers.0.mlp.up_proj.weight" in frozen
+    )
     assert "model.language_model.layers.0.mlp_moe_gen.up_proj.weight" not in frozen
     assert "lm_head.weight" not in frozen
     select_trainable_parameters(model, "all")
@@ -332,12 +370,31 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
     rows.save_to_disk(str(data))
     output = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "examples" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "examples" / "train_sft.py"),
-        "--tiny", "--max_frames", "8", "--dataset", str(data), "--output_dir", str(output), "--use_cpu",
-        "--logging_steps", "1", "--save_steps", "2", "--max_tokens_per_batch", "1024", "--report_to", "none",
-        "--seed", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "examples" / "accelerate" / "cpu_2proc.yaml"),
+        str(REPO / "examples" / "train_sft.py"),
+        "--tiny",
+        "--max_frames",
+        "8",
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(output),
+        "--use_cpu",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--max_tokens_per_batch",
+        "1024",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run([*command, "--max_steps", "2"], capture_output=True, text=True, env=environment)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -347,8 +404,12 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
     assert all("ce_loss" in entry and "mse_loss" in entry for entry in logged) and len(logged) == 2
     assert (output / "pipeline" / "model_index.json").is_file()
 
-    resumed = subprocess.run([*command, "--max_steps", "4", "--resume_from_checkpoint", str(output / "checkpoint-2")],
-                             capture_output=True, text=True, env=environment)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "--max_steps", "4", "--resume_from_checkpoint", str(output / "checkpoint-2")],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]

@@ -58,6 +58,7 @@ def generate(args: argparse.Namespace) -> int:
     output = pipe(
         [*images, args.prompt],
         task="interleaved",
+        plan=args.plan_step or None,
         num_steps=args.num_steps,
         max_history_frames=args.max_history_frames,
         history=args.history,
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--model", help="a saved LoomInterleavedPipeline folder (default: loom_hf.DEFAULT_MODEL)")
     tutorial.add_argument("--image", action="append", default=[], help="input image(s), read before the prompt")
     tutorial.add_argument("--num-steps", type=int, help="at most this many steps (default: the model decides)")
+    tutorial.add_argument("--plan-step", action="append", default=[], help="render this plan instead (repeat per step)")
     tutorial.add_argument("--steps", type=int, default=20, help="denoising steps per frame (default 20)")
     tutorial.add_argument("--max-history-frames", type=int, default=4, help="earlier frames shown per frame")
     tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")

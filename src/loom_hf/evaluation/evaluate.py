@@ -202,8 +202,12 @@ def evaluate_tutorials(
     reserved = sorted(set(pipeline_kwargs) & set(RESERVED_PIPELINE_ARGUMENTS))
     if reserved:
         raise ValueError(f"`pipeline_kwargs` may not set {', '.join(reserved)}: the evaluation sets them per call.")
-    arguments = {"task": "interleaved", "num_inference_steps": num_inference_steps, "output_type": "pil",
-                 **pipeline_kwargs}  # fmt: skip
+    arguments = {
+        "task": "interleaved",
+        "num_inference_steps": num_inference_steps,
+        "output_type": "pil",
+        **pipeline_kwargs,
+    }
 
     samples = []
     for offset, (position, row) in enumerate(_tutorial_rows(dataset, num_samples)):
@@ -222,14 +226,16 @@ def evaluate_tutorials(
             if own is not None:
                 own.save(sample_dir / "own_plan", title=row["instruction"])
         own_plan, own_frames = (own.plan, own.images) if own is not None else (None, [])
-        samples.append({
-            "position": position,
-            "seed": sample_seed,
-            "instruction": row["instruction"],
-            "num_steps": len(steps),
-            "gt_plan": _ground_truth_plan_record(row, truth.images, judge),
-            "own_plan": _own_plan_record(row, own_plan, own_frames, judge),
-        })  # fmt: skip
+        samples.append(
+            {
+                "position": position,
+                "seed": sample_seed,
+                "instruction": row["instruction"],
+                "num_steps": len(steps),
+                "gt_plan": _ground_truth_plan_record(row, truth.images, judge),
+                "own_plan": _own_plan_record(row, own_plan, own_frames, judge),
+            }
+        )
     if not samples:
         raise ValueError("`dataset` holds no tutorial rows (task == 'tutorial') to evaluate.")
     settings = {
@@ -254,18 +260,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--split", default="eval", help="split of a DatasetDict folder (default eval)")
     parser.add_argument("--num-samples", type=int, default=None, help="evaluate the first N tutorials (default all)")
     parser.add_argument(
-        "--steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
+        "--steps",
+        type=int,
+        default=DEFAULT_NUM_INFERENCE_STEPS,
         help=f"denoising steps per frame (default {DEFAULT_NUM_INFERENCE_STEPS})",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="longest plan the model may write (500)")
     parser.add_argument("--device", default=None, help="device to run on (default: cuda when available, else cpu)")
     parser.add_argument("--report", default=None, help="also write the JSON report to this file")
     parser.add_argument("--output-dir", default=None, help="save every generated tutorial (frames, md, html) here")
     parser.add_argument(
-        "--judge-url", default=None,
+        "--judge-url",
+        default=None,
         help=f"OpenAI-compatible API root of a judge model (an API key is read from ${JUDGE_API_KEY_VARIABLE} if set)",
-    )  # fmt: skip
+    )
     parser.add_argument("--judge-model", default=None, help="the judge model's name on --judge-url")
     parser.set_defaults(handler=run_eval)
     return parser
@@ -297,9 +306,15 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key=os.environ.get(JUDGE_API_KEY_VARIABLE))
     try:
         report = evaluate_tutorials(
-            pipe, dataset, num_samples=args.num_samples, seed=args.seed, num_inference_steps=args.steps, judge=judge,
-            output_dir=args.output_dir, max_new_tokens=args.max_new_tokens,
-        )  # fmt: skip
+            pipe,
+            dataset,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            num_inference_steps=args.steps,
+            judge=judge,
+            output_dir=args.output_dir,
+            max_new_tokens=args.max_new_tokens,
+        )
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     report["settings"].update(model=args.model, data=args.data, split=args.split)

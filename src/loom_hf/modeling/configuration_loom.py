@@ -85,7 +85,8 @@ class LoomConfig(PreTrainedConfig):
             and leaves BAGEL's numerics untouched.
         image_token_id (`int`): placeholder id at the positions of ViT and latent tokens in `input_ids`.
         vision_start_token_id / vision_end_token_id (`int`): markers around every image block.
-        entity_token_ids (`list[int]`): ids of Loom's entity tokens (`<upper>`, `<style>`, ...), filled by the processor.
+        entity_token_ids (`list[int]`): ids of Loom's entity tokens (`<upper>`, `<style>`, ...), set by
+            `add_entity_tokens`.
     """
 
     model_type = "loom"

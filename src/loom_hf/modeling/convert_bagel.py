@@ -151,15 +151,16 @@ def _load_model(path: Path, config: LoomConfig, dtype: torch.dtype | None) -> Lo
     missing = [key for key in result.missing_keys if key != FRAME_TABLE]
     if model.model.frame_embed is not None:
         # BAGEL has no temporal table: a zero table adds nothing until it is trained.
-        model.model.frame_embed.weight = torch.nn.Parameter(torch.zeros_like(model.model.frame_embed.weight, device="cpu"))
+        model.model.frame_embed.weight = torch.nn.Parameter(
+            torch.zeros_like(model.model.frame_embed.weight, device="cpu")
+        )
         logger.warning(
             "The BAGEL release has no temporal frame table; its %d rows start at zero (a no-op until trained).",
             config.max_frames,
         )
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"ema.safetensors does not match the model: missing {missing}, "
-            f"unexpected {result.unexpected_keys}."
+            f"ema.safetensors does not match the model: missing {missing}, unexpected {result.unexpected_keys}."
         )
     if dtype is not None:
         model.to(dtype)

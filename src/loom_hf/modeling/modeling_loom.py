@@ -25,7 +25,7 @@ from transformers.models.qwen2.modeling_qwen2 import (
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
-from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer
+from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -133,18 +133,30 @@ class LoomAttention(nn.Module):
         spans = kwargs.pop("document_spans", None)
         if spans is None:
             attn_output, attn_weights = attention_interface(
-                self, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=self.scaling,
+                self,
+                query_states,
+                key_states,
+                value_states,
+                attention_mask,
+                dropout=dropout,
+                scaling=self.scaling,
                 **kwargs,
-            )  # fmt: skip
+            )
         else:
             # Packed samples attend separately; `attention_mask` holds one mask per sample.
             pieces = [
                 attention_interface(
-                    self, query_states[:, :, start:end], key_states[:, :, start:end],
-                    value_states[:, :, start:end], sample_mask, dropout=dropout, scaling=self.scaling, **kwargs,
+                    self,
+                    query_states[:, :, start:end],
+                    key_states[:, :, start:end],
+                    value_states[:, :, start:end],
+                    sample_mask,
+                    dropout=dropout,
+                    scaling=self.scaling,
+                    **kwargs,
                 )[0]
                 for (start, end), sample_mask in zip(spans, attention_mask)
-            ]  # fmt: skip
+            ]
             attn_output, attn_weights = torch.cat(pieces, dim=1), None
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, gen_mask, split), attn_weights

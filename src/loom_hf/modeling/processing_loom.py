@@ -58,7 +58,9 @@ class LoomProcessor(ProcessorMixin):
         if missing:
             raise ValueError(f"`tokenizer` lacks BAGEL's special tokens {missing}.")
         if self.image_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"extra_special_tokens": [self.image_token]}, replace_extra_special_tokens=False)
+            tokenizer.add_special_tokens(
+                {"extra_special_tokens": [self.image_token]}, replace_extra_special_tokens=False
+            )
 
     def token_id(self, token: str) -> int:
         return self.tokenizer.convert_tokens_to_ids(token)

@@ -16,8 +16,8 @@ from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper
 
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from ..modeling.convert_bagel import load_bagel_release
-from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.packing import HISTORY_MODES, history_frame_indices, pack_latents, unpack_latents
+from ..modeling.processing_loom import ENTITY_TOKENS
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
 from .planning import format_plan, parse_plan, plan_instruction, step_turn
@@ -490,7 +490,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                     "planning."
                 )
         plan_text = format_plan(plan)
-        emit(TextSegment(text=plan_text, token_ids=self.processor.tokenizer.encode(plan_text, add_special_tokens=False)))
+        emit(
+            TextSegment(text=plan_text, token_ids=self.processor.tokenizer.encode(plan_text, add_special_tokens=False))
+        )
         self.encode_context([plan_text], contexts=base)
 
         frames: list[EncodedImage] = []
@@ -656,7 +658,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         if latents is not None:
             size = (latents.shape[-2] * downsample, latents.shape[-1] * downsample)
             if (height or size[0], width or size[1]) != size:
-                raise ValueError(f"`latents` of shape {tuple(latents.shape)} give a {size} image, not ({height}, {width}).")
+                raise ValueError(
+                    f"`latents` of shape {tuple(latents.shape)} give a {size} image, not ({height}, {width})."
+                )
             return size
         image_processor = self.processor.image_processor
         images = [item for item in inputs if isinstance(item, PIL.Image.Image)]
@@ -702,7 +706,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
         callback_on_segment: Callable | None = None,
     ) -> LoomPipelineOutput | tuple:
         r"""
@@ -750,14 +754,34 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             `.plan`; or a tuple `(segments,)` when `return_dict=False`.
         """
         guidance = GuidanceConfig(
-            guidance_scale, image_guidance_scale, tuple(guidance_interval), guidance_renorm, guidance_renorm_min,
+            guidance_scale,
+            image_guidance_scale,
+            tuple(guidance_interval),
+            guidance_renorm,
+            guidance_renorm_min,
             entity_guidance_scale,
-        )  # fmt: skip
+        )
         steps = self.check_inputs(
-            inputs, task, think, plan, num_steps, max_history_frames, history, num_inference_steps, guidance,
-            entity_masks, timestep_shift, height, width, latents, max_new_tokens, do_sample, temperature, output_type,
+            inputs,
+            task,
+            think,
+            plan,
+            num_steps,
+            max_history_frames,
+            history,
+            num_inference_steps,
+            guidance,
+            entity_masks,
+            timestep_shift,
+            height,
+            width,
+            latents,
+            max_new_tokens,
+            do_sample,
+            temperature,
+            output_type,
             callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+        )
         if task != "text" and guidance_scale <= 1.0 < image_guidance_scale:
             logger.warning("`image_guidance_scale` is ignored unless `guidance_scale` > 1 (BAGEL's guidance rule).")
         size = self._image_size(height, width, latents, inputs) if task != "text" else None
@@ -766,12 +790,20 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         weights = self.entity_weights(entity_masks, *size) if entity_masks else None
         self._guidance_scale = guidance_scale
         self._interrupt = False
-        text_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
-                       "generator": generator}  # fmt: skip
-        image_kwargs = {"num_inference_steps": num_inference_steps, "guidance": guidance, "generator": generator,
-                        "timestep_shift": timestep_shift if timestep_shift is not None else self.scheduler.config.shift,
-                        "callback_on_step_end": callback_on_step_end,
-                        "callback_on_step_end_tensor_inputs": callback_on_step_end_tensor_inputs}  # fmt: skip
+        text_kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "temperature": temperature,
+            "generator": generator,
+        }
+        image_kwargs = {
+            "num_inference_steps": num_inference_steps,
+            "guidance": guidance,
+            "generator": generator,
+            "timestep_shift": timestep_shift if timestep_shift is not None else self.scheduler.config.shift,
+            "callback_on_step_end": callback_on_step_end,
+            "callback_on_step_end_tensor_inputs": callback_on_step_end_tensor_inputs,
+        }
 
         segments: list[TextSegment | ImageSegment] = []
 
@@ -787,9 +819,18 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             emit(self.generate_text(contexts.cond, **text_kwargs))
         elif task == "interleaved":
             plan_steps = self.generate_tutorial(
-                list(inputs), steps, num_steps, size, image_kwargs, text_kwargs, max_history_frames, history,
-                output_type, emit, use_step_text,
-            )  # fmt: skip
+                list(inputs),
+                steps,
+                num_steps,
+                size,
+                image_kwargs,
+                text_kwargs,
+                max_history_frames,
+                history,
+                output_type,
+                emit,
+                use_step_text,
+            )
         else:
             system_prompt = GEN_THINK_SYSTEM_PROMPT if think else None
             contexts = self.encode_context(list(inputs), system_prompt)

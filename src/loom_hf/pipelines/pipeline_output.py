@@ -104,13 +104,16 @@ class LoomPipelineOutput(BaseOutput):
                 continue
             frame += 1
             name = f"frame_{frame:02d}.png"
-            _write_atomically(directory / name, lambda path: _as_pil(segment.image).save(path, format="PNG"))
+            image = _as_pil(segment.image)
+            _write_atomically(directory / name, lambda path, image=image: image.save(path, format="PNG"))
             caption = pending_text.pop() if pending_text else ""
             markdown += [*[f"{text}\n" for text in pending_text], f"**{caption}**" if caption else "", ""]
             markdown += [f"![{caption or name}]({name})", ""]
             page += [f'<div class="plan"><pre>{html.escape(text)}</pre></div>' for text in pending_text]
-            page.append(f'<div class="step"><img src="{name}" alt="{html.escape(caption or name)}">'
-                        f"<p>{html.escape(caption)}</p></div>")  # fmt: skip
+            page.append(
+                f'<div class="step"><img src="{name}" alt="{html.escape(caption or name)}">'
+                f"<p>{html.escape(caption)}</p></div>"
+            )
             pending_text = []
         markdown += [f"{text}\n" for text in pending_text]
         page += [f'<div class="plan"><pre>{html.escape(text)}</pre></div>' for text in pending_text]

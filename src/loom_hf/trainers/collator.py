@@ -15,7 +15,7 @@ import torch
 
 from ..modeling.packing import TokenType
 from ..modeling.processing_loom import LoomProcessor
-from .instances import ImageItem, Instance, TextItem
+from .instances import Instance, TextItem
 
 __all__ = ["LoomDataCollator", "TokenBudgetBatchSampler"]
 
@@ -89,7 +89,9 @@ class LoomDataCollator:
                 total += len(self.processor.text_block(item.text))
             else:
                 latents, patches = self.image_token_counts(item.image)
-                total += (latents + 2) * (item.use_vae or item.target) + (patches + 2) * (item.use_vit and not item.target)
+                total += (latents + 2) * (item.use_vae or item.target) + (patches + 2) * (
+                    item.use_vit and not item.target
+                )
         return total
 
     @staticmethod
@@ -123,7 +125,9 @@ class LoomDataCollator:
                     row.extend(ids, types, position, block, item.target, frame, [IGNORE_INDEX] * len(ids), document)
                     # Cached latents skip the VAE; otherwise the trainer encodes these pixels.
                     images["vae_pixel_values"].append(
-                        item.latents if item.latents is not None else processor.image_processor.vae_pixel_values(image)[0]
+                        item.latents
+                        if item.latents is not None
+                        else processor.image_processor.vae_pixel_values(image)[0]
                     )
                     images["latent_grid_hw"].append(grid)
                     images["latent_is_target"].append(item.target)
@@ -146,8 +150,10 @@ class LoomDataCollator:
     def __call__(self, instances: list[Instance]) -> dict:
         if not instances:
             raise ValueError("The collator received no instances.")
-        images = {key: [] for key in ("vae_pixel_values", "latent_grid_hw", "latent_is_target", "pixel_values",
-                                      "image_grid_hw")}  # fmt: skip
+        images = {
+            key: []
+            for key in ("vae_pixel_values", "latent_grid_hw", "latent_is_target", "pixel_values", "image_grid_hw")
+        }
         rows, block = [], 0
         for document, instance in enumerate(instances):
             if self.packing and rows:

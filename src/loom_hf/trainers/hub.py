@@ -40,10 +40,26 @@ latent tokens), each normalised by its token count.
 
 # Training arguments worth stating in a card, in this order.
 _CARD_ARGUMENTS = (
-    "learning_rate", "lr_scheduler_type", "warmup_steps", "max_steps", "num_train_epochs", "max_tokens_per_batch",
-    "gradient_accumulation_steps", "world_size", "bf16", "seed", "ce_loss_weight", "max_history_frames", "history",
-    "text_dropout", "vit_dropout", "vae_dropout", "timestep_shift", "train_experts", "ema_decay",
-)  # fmt: skip
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "max_steps",
+    "num_train_epochs",
+    "max_tokens_per_batch",
+    "gradient_accumulation_steps",
+    "world_size",
+    "bf16",
+    "seed",
+    "ce_loss_weight",
+    "max_history_frames",
+    "history",
+    "text_dropout",
+    "vit_dropout",
+    "vae_dropout",
+    "timestep_shift",
+    "train_experts",
+    "ema_decay",
+)
 
 
 def loss_summary(log_history: list[dict], points: int = 5) -> str:
@@ -56,7 +72,9 @@ def loss_summary(log_history: list[dict], points: int = 5) -> str:
     rows = ["| step | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for index in picks:
         entry = logged[index]
-        rows.append(f"| {entry['step']} | " + " | ".join(f"{entry.get(name, float('nan')):.4f}" for name in names) + " |")
+        rows.append(
+            f"| {entry['step']} | " + " | ".join(f"{entry.get(name, float('nan')):.4f}" for name in names) + " |"
+        )
     minima = [min(entry[name] for entry in logged if name in entry) for name in names]
     rows.append("| min | " + " | ".join(f"{value:.4f}" for value in minima) + " |")
     return "\n".join(rows)

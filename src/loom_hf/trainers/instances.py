@@ -58,8 +58,10 @@ def _images(row: dict, column: str) -> list[tuple[PIL.Image.Image, torch.Tensor 
     images = list(row[column])
     if f"{column}_latents" not in row:
         return [(image, None) for image in images]
-    latents = [torch.tensor(flat, dtype=torch.float32).reshape(height * width, -1)
-               for flat, (height, width) in zip(row[f"{column}_latents"], row[f"{column}_latent_grids"])]  # fmt: skip
+    latents = [
+        torch.tensor(flat, dtype=torch.float32).reshape(height * width, -1)
+        for flat, (height, width) in zip(row[f"{column}_latents"], row[f"{column}_latent_grids"])
+    ]
     return list(zip(images, latents))
 
 

@@ -52,5 +52,6 @@ def cache_latents(
         return batch
 
     vae.eval()
-    return dataset.map(encode_batch, batched=True, batch_size=batch_size, features=features, num_proc=num_proc,
-                       desc="Encoding latents")  # fmt: skip
+    return dataset.map(
+        encode_batch, batched=True, batch_size=batch_size, features=features, num_proc=num_proc, desc="Encoding latents"
+    )

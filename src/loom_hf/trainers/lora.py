@@ -37,6 +37,8 @@ def lora_config(
     )
 
 
-def merge_lora_adapter(model: LoomForInterleavedGeneration, adapter_dir: str | os.PathLike) -> LoomForInterleavedGeneration:
+def merge_lora_adapter(
+    model: LoomForInterleavedGeneration, adapter_dir: str | os.PathLike
+) -> LoomForInterleavedGeneration:
     """`model` with the saved adapter folded into its weights (a plain model again, nothing left of PEFT)."""
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

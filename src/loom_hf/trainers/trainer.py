@@ -42,8 +42,10 @@ class LoomTrainingArguments(TrainingArguments):
     timestep_shift: float = field(default=1.0, metadata={"help": "Shift of the logit-normal flow times."})
     train_experts: str = field(
         default="all",
-        metadata={"help": "all | generation (only the generation expert and latent heads) | freeze_understanding "
-                  "(everything but the understanding expert and the ViT)."},  # fmt: skip
+        metadata={
+            "help": "all | generation (only the generation expert and latent heads) | freeze_understanding "
+            "(everything but the understanding expert and the ViT)."
+        },
     )
     max_tokens_per_batch: int = field(default=8192, metadata={"help": "Token budget of one packed batch."})
     packing: bool = field(default=True, metadata={"help": "Pack instances into one row (else pad per instance)."})
@@ -216,7 +218,9 @@ class LoomTrainer(Trainer):
             error = (outputs.velocity.float() - targets) ** 2
             mse_sum = error[mask].mean(dim=-1).sum() if mask.any() else error.sum() * 0
         if num_items_in_batch is None:
-            num_items_in_batch = torch.stack([_ce_count(labels), mask.sum() if mask is not None else labels.new_zeros(())])
+            num_items_in_batch = torch.stack(
+                [_ce_count(labels), mask.sum() if mask is not None else labels.new_zeros(())]
+            )
         counts = num_items_in_batch.to(ce_sum.device).clamp(min=1).float()
         loss = self.args.ce_loss_weight * ce_sum / counts[0] + mse_sum / counts[1]
         if self.args.world_size > 1:
