@@ -1,0 +1,50 @@
+"""Store a trained pipeline as the package's embedded default model (`loom_hf.DEFAULT_MODEL`).
+
+    python examples/default_model/export_default_model.py --pipeline runs/default/pipeline
+
+Weights are stored in float16 (loaded back in float32 on CPU), the folder is written next to the destination and
+renamed into place, and its size is checked against the package budget.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+import loom_hf
+from loom_hf import LoomInterleavedPipeline
+
+BUDGET_MB = 25
+
+
+def export(pipeline: str, destination: str | Path = loom_hf.DEFAULT_MODEL) -> float:
+    """Write `pipeline` in float16 to `destination`; returns its size in MB."""
+    destination = Path(destination)
+    pipe = LoomInterleavedPipeline.from_pretrained(pipeline, dtype=torch.float16)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        pipe.save_pretrained(staging)
+        size = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file()) / 2**20
+        if size > BUDGET_MB:
+            raise ValueError(f"The exported model takes {size:.1f} MB, more than the {BUDGET_MB} MB budget.")
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="the trained pipeline folder")
+    parser.add_argument("--output", default=loom_hf.DEFAULT_MODEL, help="destination (default: the package's)")
+    args = parser.parse_args()
+    print(f"Wrote {args.output} ({export(args.pipeline, args.output):.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

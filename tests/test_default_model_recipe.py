@@ -1,0 +1,119 @@
+"""The default model's training recipe (examples/default_model/reproduce.sh), scaled down, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "examples" / "default_model"
+
+
+def run(*command: str, cwd: Path) -> str:
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_data_autoencoder_model_training_export_and_generation(tmp_path):
+    python, loom = sys.executable, [sys.executable, "-m", "loom_hf.cli"]
+    run(*loom, "data", "synth", "--out", "data", "--num-samples", "16", "--seed", "0", cwd=tmp_path)
+    run(
+        python,
+        str(RECIPE / "train_vae.py"),
+        "--dataset",
+        "data",
+        "--output-dir",
+        "vae",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--block-out-channels",
+        "8",
+        "16",
+        "16",
+        "16",
+        "--norm-num-groups",
+        "8",
+        "--held-out-rows",
+        "4",
+        cwd=tmp_path,
+    )
+    run(
+        python,
+        str(RECIPE / "build_pipeline.py"),
+        "--data",
+        "data",
+        "--vae",
+        "vae",
+        "--output",
+        "init",
+        "--vocab-size",
+        "400",
+        cwd=tmp_path,
+    )
+    run(
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        str(REPO / "examples" / "train_sft.py"),
+        "--model_name_or_path",
+        "init",
+        "--dataset",
+        "data",
+        "--output_dir",
+        "run",
+        "--max_steps",
+        "3",
+        "--max_tokens_per_batch",
+        "1024",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--cache_latents",
+        cwd=tmp_path,
+    )
+    run(
+        python,
+        str(RECIPE / "export_default_model.py"),
+        "--pipeline",
+        "run/pipeline",
+        "--output",
+        "exported",
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "exported" / "model_index.json").is_file()
+    config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
+    assert config["dtype"] == "float16" and config["max_frames"] == 8
+
+    output = run(
+        *loom,
+        "generate",
+        "Draw a red house",
+        "--model",
+        "exported",
+        "--output-dir",
+        "tutorial",
+        "--plan-step",
+        "Draw the walls",
+        "--plan-step",
+        "Add a roof",
+        "--steps",
+        "2",
+        cwd=tmp_path,
+    )
+    assert "Step 2: Add a roof" in output
+    assert Image.open(tmp_path / "tutorial" / "frame_02.png").size == (64, 64)
+    assert (tmp_path / "tutorial" / "tutorial.html").is_file()
