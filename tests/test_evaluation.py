@@ -32,7 +32,7 @@ from loom_hf.evaluation import (
 )
 from loom_hf.tiny import tiny_pipeline
 
-WHITE, RED, CYAN, BLUE = (255, 255, 255), (255, 0, 0), (0, 255, 255), (0, 0, 255)
+WHITE, RED, CYAN, BLUE, GREY = (255, 255, 255), (255, 0, 0), (0, 255, 255), (0, 0, 255), (128, 128, 128)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -173,6 +173,15 @@ def test_step_fidelity_of_drawing_the_wrong_thing_is_above_one():
     result = step_fidelity(wrong, FRAMES, MASKS, WHITE)
     assert result.per_step[0] == pytest.approx(1.5)
     assert result.per_step[1:] == [0.0, None]
+
+
+def test_step_fidelity_compares_with_the_models_own_previous_frame():
+    # The bar region was already painted (wrongly, grey) at step 1 and step 2 leaves it as it was: a repeat (1),
+    # however far grey is from the reference's previous frame. A step with nothing left to draw has no score.
+    grey_early = [canvas((SQUARE, RED), (BAR, GREY)), canvas((SQUARE, RED), (BAR, GREY)), FRAMES[2]]
+    assert step_fidelity(grey_early, FRAMES, MASKS, WHITE).per_step[1] == pytest.approx(1.0)
+    ahead = [FRAMES[1], FRAMES[1], FRAMES[2]]
+    assert step_fidelity(ahead, FRAMES, MASKS, WHITE).per_step[1:] == [None, None]
 
 
 def test_step_fidelity_reads_background_names_and_checks_its_arguments():
@@ -412,6 +421,11 @@ def test_eval_command_line(random_pipe, eval_split, tmp_path, capsys, no_proxy):
                 server.url,
                 "--judge-model",
                 "judge-model",
+                "--history",
+                "none",
+                "--no-step-text",
+                "--guidance-scale",
+                "1.5",
             ]
         )
         assert args.handler(args) == 0
@@ -420,7 +434,11 @@ def test_eval_command_line(random_pipe, eval_split, tmp_path, capsys, no_proxy):
     assert report["num_samples"] == 1 and report["seeds"] == [3]
     assert report["settings"]["split"] == "eval" and report["gt_plan"]["judge"]["overall_score"] == 3.0
     assert len(server.requests) == 1
+    ablation = report["settings"]["pipeline_kwargs"]
+    assert ablation["history"] == "none" and ablation["use_step_text"] is False and ablation["guidance_scale"] == 1.5
 
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--data", "d", "--history", "everything"])
     with pytest.raises(SystemExit, match="together"):
         run_eval(parser.parse_args(["--model", "m", "--data", "d", "--judge-url", "http://127.0.0.1:9"]))
     with pytest.raises(SystemExit, match="error:"):

@@ -208,6 +208,23 @@ def test_cached_latents_match_encoding_during_training(pipe, rows, tmp_path):
         assert torch.equal(actual, reference)
 
 
+def test_latent_cache_is_named_by_content_not_by_object(pipe, rows):
+    """A reloaded copy of the same autoencoder reuses the encoded cache; other weights or settings do not."""
+    import copy
+
+    from loom_hf.trainers.latent_cache import latent_cache_fingerprint
+
+    subset = rows.select(range(2))
+    reference = latent_cache_fingerprint(subset, pipe.vae, pipe.processor, 2)
+    assert latent_cache_fingerprint(subset, copy.deepcopy(pipe.vae), pipe.processor, 2) == reference
+    changed = copy.deepcopy(pipe.vae)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert latent_cache_fingerprint(subset, changed, pipe.processor, 2) != reference
+    assert latent_cache_fingerprint(subset, pipe.vae, pipe.processor, 1) != reference
+    assert latent_cache_fingerprint(rows.select(range(3)), pipe.vae, pipe.processor, 2) != reference
+
+
 def test_token_budget_and_bad_rows(pipe, rows):
     collator = LoomDataCollator(pipe.processor)
     dataset = LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8)

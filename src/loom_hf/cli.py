@@ -63,6 +63,8 @@ def generate(args: argparse.Namespace) -> int:
         max_history_frames=args.max_history_frames,
         history=args.history,
         num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        image_guidance_scale=args.image_guidance_scale,
         generator=torch.Generator().manual_seed(args.seed),
     )
     folder = output.save(args.output_dir, title=args.prompt)
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--num-steps", type=int, help="at most this many steps (default: the model decides)")
     tutorial.add_argument("--plan-step", action="append", default=[], help="render this plan instead (repeat per step)")
     tutorial.add_argument("--steps", type=int, default=20, help="denoising steps per frame (default 20)")
+    tutorial.add_argument("--guidance-scale", type=float, default=4.0, help="text guidance scale (default 4.0)")
+    tutorial.add_argument("--image-guidance-scale", type=float, default=2.0, help="image guidance scale (default 2.0)")
     tutorial.add_argument("--max-history-frames", type=int, default=4, help="earlier frames shown per frame")
     tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")
     tutorial.add_argument("--seed", type=int, default=0)

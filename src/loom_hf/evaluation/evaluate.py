@@ -21,6 +21,7 @@ import PIL.Image
 import torch
 
 from ..data import rle_to_mask
+from ..modeling.packing import HISTORY_MODES
 from ..pipelines import LoomInterleavedPipeline
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge
 from .metrics import plan_exact_match, psnr, ssim, step_fidelity, temporal_coherence
@@ -267,6 +268,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="longest plan the model may write (500)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="text guidance scale (default 4.0)")
+    parser.add_argument("--image-guidance-scale", type=float, default=2.0, help="image guidance scale (default 2.0)")
+    parser.add_argument(
+        "--history",
+        choices=HISTORY_MODES,
+        default="sparse",
+        help="earlier frames shown when rendering a frame (default sparse; `none` for the w/o-history ablation)",
+    )
+    parser.add_argument("--max-history-frames", type=int, default=4, help="history budget K_max (default 4)")
+    parser.add_argument(
+        "--no-step-text",
+        dest="use_step_text",
+        action="store_false",
+        help="render frames without their step text (the w/o-stepwise-prompt ablation)",
+    )
     parser.add_argument("--device", default=None, help="device to run on (default: cuda when available, else cpu)")
     parser.add_argument("--report", default=None, help="also write the JSON report to this file")
     parser.add_argument("--output-dir", default=None, help="save every generated tutorial (frames, md, html) here")
@@ -314,6 +330,11 @@ def run_eval(args: argparse.Namespace) -> int:
             judge=judge,
             output_dir=args.output_dir,
             max_new_tokens=args.max_new_tokens,
+            guidance_scale=args.guidance_scale,
+            image_guidance_scale=args.image_guidance_scale,
+            history=args.history,
+            max_history_frames=args.max_history_frames,
+            use_step_text=args.use_step_text,
         )
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error

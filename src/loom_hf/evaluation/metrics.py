@@ -184,14 +184,18 @@ def step_fidelity(
     background: str | Sequence[int],
 ) -> StepFidelity:
     """
-    How well each step draws what the ground truth draws at that step.
+    Whether each step really draws its part, or only repeats the frame before it.
 
     For step t, the region R_t holds the pixels of the step's part mask that the ground-truth step actually changes
     (`F_{t-1} != F_t`, with F_0 the blank canvas of `background`). The score is the mean absolute error of the
-    generated frame inside R_t, `mean_R |G_t - F_t|`, divided by the change the step makes there,
-    `mean_R |F_{t-1} - F_t|` (means over the region's pixels and the RGB channels, on [0, 1]). So 0 is a perfect
-    step, 1 is what repeating the previous frame scores, and above 1 the region was drawn wrong. Steps whose region
-    is empty (the part only repaints pixels with their existing colour) have no score and are left out of the mean.
+    generated frame there, `mean_R |G_t - F_t|`, divided by the error that repeating the previous generated frame
+    would have there, `mean_R |G_{t-1} - F_t|` (G_0 is the blank canvas; means over the region's pixels and the RGB
+    channels, on [0, 1]). So 0 is a perfect step, 1 is a step that leaves the region as it was, below 1 the step
+    moved the region towards the part, above 1 away from it. Comparing with the model's own previous frame (not the
+    ground truth's) keeps the score about the step: a drawing placed or coloured differently from the reference
+    already differs from it before the step. Steps whose region is empty (the part only repaints pixels with their
+    existing colour) or that have nothing left to draw there (`G_{t-1}` already equals `F_t`) have no score and are
+    left out of the mean.
 
     Args:
         generated_frames: one generated frame per step (resized to the reference size).
@@ -207,18 +211,18 @@ def step_fidelity(
     shape = tuple(references[0].shape[-2:])
     if any(tuple(frame.shape[-2:]) != shape for frame in references):
         raise ValueError("`reference_frames` must all have the same size.")
-    previous = _background_colour(background, shape)
+    previous_reference = previous_generated = _background_colour(background, shape)
     per_step: list[float | None] = []
     for t, (generated, reference) in enumerate(zip(generated_frames, references, strict=True)):
-        change = (reference - previous).abs()
-        region = _as_mask(step_masks[t], shape, f"step_masks[{t}]") & (change.amax(dim=0) > 0)
-        if region.any():
-            candidate = _resized(_as_tensor(generated, f"generated_frames[{t}]"), shape)
-            error = (candidate - reference).abs()[:, region].mean()
-            per_step.append(float(error / change[:, region].mean()))
+        candidate = _resized(_as_tensor(generated, f"generated_frames[{t}]"), shape)
+        changed = (reference - previous_reference).abs().amax(dim=0) > 0
+        region = _as_mask(step_masks[t], shape, f"step_masks[{t}]") & changed
+        repeat_error = (previous_generated - reference).abs()[:, region].mean() if region.any() else None
+        if repeat_error is not None and repeat_error > 0:
+            per_step.append(float((candidate - reference).abs()[:, region].mean() / repeat_error))
         else:
             per_step.append(None)
-        previous = reference
+        previous_reference, previous_generated = reference, candidate
     scored = [value for value in per_step if value is not None]
     return StepFidelity(per_step=per_step, mean=math.fsum(scored) / len(scored) if scored else None)
 

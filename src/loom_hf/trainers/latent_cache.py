@@ -2,13 +2,14 @@
 
 import datasets
 import torch
+from datasets.fingerprint import Hasher
 from diffusers import AutoencoderKL
 
 from ..modeling.packing import pack_latents
 from ..modeling.processing_loom import LoomProcessor
 from .schema import IMAGE_FIELDS
 
-__all__ = ["cache_latents"]
+__all__ = ["cache_latents", "latent_cache_fingerprint"]
 
 
 @torch.no_grad()
@@ -23,6 +24,24 @@ def _encode(images, vae: AutoencoderKL, processor: LoomProcessor, patch_size: in
         flat.append(tokens.flatten().tolist())
         grids.append([latents.shape[-2] // patch_size, latents.shape[-1] // patch_size])
     return flat, grids
+
+
+def latent_cache_fingerprint(
+    dataset: datasets.Dataset, vae: AutoencoderKL, processor: LoomProcessor, patch_size: int
+) -> str:
+    """A name for the encoded dataset made of what decides its content: the rows, the autoencoder's weights, dtype and
+    configuration, the image processor and the patch size. Reloading the same autoencoder from another folder (or in
+    another run) gives the same name, so `datasets` reuses the encoded cache instead of encoding again."""
+    hasher = Hasher()
+    hasher.update(dataset._fingerprint)
+    hasher.update({key: value for key, value in vae.config.items() if key != "_name_or_path"})
+    hasher.update(str(vae.dtype))
+    for name, tensor in vae.state_dict().items():
+        hasher.update(name)
+        hasher.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    hasher.update(processor.image_processor.to_dict())
+    hasher.update(patch_size)
+    return hasher.hexdigest()
 
 
 def cache_latents(
@@ -53,5 +72,11 @@ def cache_latents(
 
     vae.eval()
     return dataset.map(
-        encode_batch, batched=True, batch_size=batch_size, features=features, num_proc=num_proc, desc="Encoding latents"
+        encode_batch,
+        batched=True,
+        batch_size=batch_size,
+        features=features,
+        num_proc=num_proc,
+        new_fingerprint=latent_cache_fingerprint(dataset, vae, processor, patch_size),
+        desc="Encoding latents",
     )
