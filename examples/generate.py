@@ -1,6 +1,7 @@
 """Generate with a Loom pipeline and write the results to a folder.
 
-python examples/generate.py --output-dir outputs/demo                      # tiny random model (noise)
+python examples/generate.py --output-dir outputs/demo                      # the embedded default model
+python examples/generate.py --tiny --output-dir outputs/noise              # a random tiny model (noise)
 python examples/generate.py --bagel /path/to/BAGEL-7B-MoT --output-dir out   # an official BAGEL release
 python examples/generate.py --model /path/to/converted --image cat.png --prompt "Make the cat wear a hat."
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from loom_hf import ImageSegment, LoomInterleavedPipeline
+from loom_hf import DEFAULT_MODEL, ImageSegment, LoomInterleavedPipeline
 from loom_hf.tiny import tiny_pipeline
 
 
@@ -21,6 +22,7 @@ def parse_args() -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="a saved LoomInterleavedPipeline folder")
     source.add_argument("--bagel", help="an official BAGEL release folder")
+    source.add_argument("--tiny", action="store_true", help="a freshly initialised tiny model (its images are noise)")
     parser.add_argument("--output-dir", required=True, help="where the images and texts are written")
     parser.add_argument("--prompt", default="Draw a red house with a triangular roof.")
     parser.add_argument("--image", action="append", default=[], help="input image(s), read before the prompt")
@@ -42,11 +44,9 @@ def load_pipeline(args: argparse.Namespace) -> LoomInterleavedPipeline:
     if args.bagel:
         dtype = torch.bfloat16 if args.device != "cpu" else torch.float32
         return LoomInterleavedPipeline.from_bagel(args.bagel, dtype=dtype)
-    print(
-        "NOTE: no --model or --bagel given, so this runs a freshly initialised tiny Loom (no trained default "
-        "model is embedded yet). Its text is gibberish and its images are noise: this checks the whole stack runs."
-    )
-    return tiny_pipeline(seed=args.seed)
+    if args.tiny:
+        return tiny_pipeline(seed=args.seed)
+    return LoomInterleavedPipeline.from_pretrained(DEFAULT_MODEL)
 
 
 def main() -> None:

@@ -145,3 +145,16 @@ def test_train_vae_end_to_end(dataset, tmp_path):
     assert latents.shape[-2:] == (held_out.shape[-2] // 8, held_out.shape[-1] // 8)
     normalised = (latents - config.shift_factor) * config.scaling_factor
     assert normalised.mean().abs() < 1e-3 and (normalised.std() - 1).abs() < 1e-3
+
+
+def test_ablation_table_has_one_row_per_report_and_marks_missing_values():
+    spec = importlib.util.spec_from_file_location("ablation_table", TRAIN_VAE.parent / "ablation_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = {
+        "gt_plan": {"ssim": 0.5, "psnr": 20.0, "step_fidelity": 0.8, "temporal_coherence": 0.9},
+        "own_plan": {"plan_exact_match": 0.85, "ssim": None},
+    }
+    lines = module.table({"full": report, "no_history": report}).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| full | 85% | 0.500 | 20.00 | 0.800 | 0.900 | n/a |")
+    assert lines[3].startswith("| no_history |")

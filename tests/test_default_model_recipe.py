@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image
+from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "default_model"
@@ -96,7 +98,9 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
     )
     assert (tmp_path / "exported" / "model_index.json").is_file()
     config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
-    assert config["dtype"] == "float16" and config["max_frames"] == 8
+    assert config["dtype"] == "float32" and config["max_frames"] == 8  # loaded back in float32
+    with safe_open(tmp_path / "exported" / "model" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
 
     output = run(
         *loom,

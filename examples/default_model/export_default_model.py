@@ -2,11 +2,12 @@
 
     python examples/default_model/export_default_model.py --pipeline runs/default/pipeline
 
-Weights are stored in float16 (loaded back in float32 on CPU), the folder is written next to the destination and
+Weights are stored in float16 (loaded back in float32), the folder is written next to the destination and
 renamed into place, and its size is checked against the package budget.
 """
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,10 @@ def export(pipeline: str, destination: str | Path = loom_hf.DEFAULT_MODEL) -> fl
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         pipe.save_pretrained(staging)
+        staging.chmod(0o755)  # mkdtemp creates the folder private; the package's files are world-readable
+        # The weights stay float16 on disk; `dtype="auto"` (transformers' default) loads them back in float32.
+        config_file = staging / "model" / "config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "dtype": "float32"}, indent=2) + "\n")
         size = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file()) / 2**20
         if size > BUDGET_MB:
             raise ValueError(f"The exported model takes {size:.1f} MB, more than the {BUDGET_MB} MB budget.")

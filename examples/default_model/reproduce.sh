@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs}
-STEPS=${STEPS:-3000}
+STEPS=${STEPS:-1100}
 
 # 1. Procedural data (~30 s): 4000 training rows, 400 held-out tutorials.
 loom data synth --out "$RUNS/data" --num-samples 4000 --seed 0 --overwrite
@@ -15,14 +15,17 @@ python examples/default_model/train_vae.py --dataset "$RUNS/data" --output-dir "
 # 3. Caption tokenizer + untrained model from examples/default_model/loom_config.json.
 python examples/default_model/build_pipeline.py --data "$RUNS/data" --vae "$RUNS/vae" --output "$RUNS/init"
 
-# 4. Loom training with the package's trainer (sparse history, temporal table, joint loss).
-ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 examples/train_sft.py \
+# 4. Loom training with the package's trainer (sparse history, temporal table, joint loss): 1100 steps, ~54 min.
+ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    examples/train_sft.py \
     --model_name_or_path "$RUNS/init" --dataset "$RUNS/data" --cache_latents --use_cpu --seed 0 \
     --output_dir "$RUNS/default" --max_steps "$STEPS" --learning_rate 1e-3 --lr_scheduler_type cosine \
-    --warmup_steps 100 --weight_decay 0.01 --max_tokens_per_batch 4096 --logging_steps 50 --save_steps 1000 \
+    --warmup_steps 100 --weight_decay 0.01 --max_tokens_per_batch 4096 --logging_steps 25 --save_steps 550 \
     --timestep_shift 1.0 --report_to none
 
-# 5. Ship it inside the package (float16) and evaluate on the held-out tutorials.
+# 5. Ship it inside the package (float16) and evaluate it and the untrained model on the held-out tutorials.
 python examples/default_model/export_default_model.py --pipeline "$RUNS/default/pipeline"
-loom eval --model "$RUNS/default/pipeline" --data "$RUNS/data" --split eval --num-samples 50 --steps 20 --seed 0 \
-    --report "$RUNS/eval_default.json"
+EVAL=(--data "$RUNS/data" --split eval --num-samples 50 --steps 20 --seed 0)
+loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --report "$RUNS/eval/trained.json" > /dev/null
+loom eval --model "$RUNS/init" "${EVAL[@]}" --report "$RUNS/eval/untrained.json" > /dev/null
+python examples/default_model/ablation_table.py "$RUNS/eval/trained.json" "$RUNS/eval/untrained.json"
