@@ -8,14 +8,13 @@ renamed into place, and its size is checked against the package budget.
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 import loom_hf
 from loom_hf import LoomInterleavedPipeline
+from loom_hf.utils import written_atomically
 
 BUDGET_MB = 25
 
@@ -24,8 +23,7 @@ def export(pipeline: str, destination: str | Path = loom_hf.DEFAULT_MODEL) -> fl
     """Write `pipeline` in float16 to `destination`; returns its size in MB."""
     destination = Path(destination)
     pipe = LoomInterleavedPipeline.from_pretrained(pipeline, dtype=torch.float16)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
+    with written_atomically(destination) as staging:
         pipe.save_pretrained(staging)
         staging.chmod(0o755)  # mkdtemp creates the folder private; the package's files are world-readable
         # The weights stay float16 on disk; `dtype="auto"` (transformers' default) loads them back in float32.
@@ -34,12 +32,6 @@ def export(pipeline: str, destination: str | Path = loom_hf.DEFAULT_MODEL) -> fl
         size = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file()) / 2**20
         if size > BUDGET_MB:
             raise ValueError(f"The exported model takes {size:.1f} MB, more than the {BUDGET_MB} MB budget.")
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return size
 
 

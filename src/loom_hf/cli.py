@@ -1,12 +1,12 @@
 """`loom` command line: generate tutorials, convert a BAGEL release, synthesise training data, evaluate."""
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .utils import written_atomically
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,16 +29,8 @@ def convert_bagel(args: argparse.Namespace) -> int:
         dtype=DTYPES[args.dtype],
         timestep_shift=args.timestep_shift,
     )
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
+    with written_atomically(destination) as staging:
         pipe.save_pretrained(staging, max_shard_size=args.max_shard_size)
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(f"Wrote {destination}")
     return 0
 

@@ -13,8 +13,6 @@ import functools
 import json
 import math
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import PIL.Image
 
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..trainers.schema import LOOM_FEATURES
+from ..utils import written_atomically
 from .masks import mask_bbox, mask_to_rle
 from .painter import BACKGROUNDS, FULL_BOX, RGB, WHITE, Box, Painter, Part, Rendering, fit_box, render_parts
 from .procedures import PROCEDURES
@@ -464,16 +463,8 @@ def synthesize(out_dir: str | Path, num_samples: int, seed: int, size: int = 64,
     if destination.exists() and not overwrite:
         raise FileExistsError(f"out_dir {str(destination)!r} exists; pass overwrite=True (--overwrite) to replace it")
     dataset = build_dataset(num_samples, seed, size)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
+    with written_atomically(destination) as staging:
         dataset.save_to_disk(str(staging))
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return destination
 
 
