@@ -22,15 +22,19 @@ from loom_hf.tiny import tiny_pipeline
 
 @dataclass
 class ScriptArguments:
-    dataset: str = field(metadata={"help": "A save_to_disk folder in the training schema (tutorial rows are used)."})
+    dataset: str = field(
+        metadata={"help": "A save_to_disk folder in the training schema (tutorial and plan rows are used)."}
+    )
     model_name_or_path: str | None = field(default=None, metadata={"help": "A saved LoomInterleavedPipeline."})
     tiny: bool = field(default=False, metadata={"help": "Start from a tiny random pipeline (smoke tests)."})
     split: str = field(default="train", metadata={"help": "Split of a DatasetDict folder."})
 
 
 def plan_pairs(rows: datasets.Dataset, bos: str, eos: str) -> datasets.Dataset:
-    """Prompt/completion pairs of every tutorial row, in BAGEL's turn format."""
-    tutorials = rows.filter(lambda row: row["task"] == "tutorial").select_columns(["instruction", "step_texts"])
+    """Prompt/completion pairs of every tutorial and text-only plan row, in BAGEL's turn format."""
+    tutorials = rows.filter(lambda row: row["task"] in ("tutorial", "plan")).select_columns(
+        ["instruction", "step_texts"]
+    )
     return tutorials.map(
         lambda row: {
             "prompt": f"{bos}{plan_instruction(row['instruction'], len(row['step_texts']))}{eos}{bos}",

@@ -16,6 +16,7 @@ from loom_hf.data import (
     BACKGROUNDS,
     FAMILIES,
     HELD_OUT_PAIRS,
+    PLAN_PAIRS,
     PROCEDURES,
     STYLES,
     SUBJECTS,
@@ -34,7 +35,7 @@ from loom_hf.trainers import LOOM_FEATURES, TASKS, validate_rows
 
 @pytest.fixture(scope="module")
 def dataset() -> datasets.DatasetDict:
-    return build_dataset(100, seed=7)
+    return build_dataset(140, seed=7)
 
 
 def metas(split: datasets.Dataset) -> list[dict]:
@@ -59,8 +60,8 @@ def test_same_seed_same_dataset_other_seed_differs():
 
 
 def test_splits_sizes_and_features(dataset):
-    assert dataset["train"].num_rows == 100
-    assert dataset["eval"].num_rows == 10
+    assert dataset["train"].num_rows == 140
+    assert dataset["eval"].num_rows == 14
     assert build_dataset(8, seed=0)["eval"].num_rows == 8
     for split in dataset.values():
         assert split.features == LOOM_FEATURES
@@ -126,18 +127,20 @@ def test_drawing_instructions_name_subject_and_colour(dataset):
     for row, meta in rows_of(dataset["train"], "drawing"):
         assert SUBJECTS[meta["subject"]].describe(meta["colour"]) in row["instruction"]
         assert any(meta["colour"] in text for text in row["step_texts"]), row["step_texts"]
+    assert SUBJECTS["car"].describe("orange") == "an orange car"
 
 
 Plan = tuple[str, ...]
 
 
 def plans_by_content(dataset: datasets.DatasetDict) -> dict[tuple[str, str], list[Plan]]:
-    """The step texts of every row (all tutorials), grouped by what its instruction describes: (subject, colour)
-    for a drawing, (procedure, instruction) for a procedure, whose instruction has no phrasing template."""
+    """The step texts of every row (tutorials and text-only plans), grouped by what its instruction describes:
+    (subject, colour) for a drawing, (procedure, instruction) for a procedure, whose instruction has no phrasing
+    template."""
     plans = defaultdict(list)
     for split in dataset.values():
         for row, meta in zip(split, metas(split)):
-            content = meta["colour"] if meta["family"] == "drawing" else row["instruction"]
+            content = meta.get("colour") or row["instruction"]
             plans[meta["subject"], content].append(tuple(row["step_texts"]))
     return plans
 
@@ -150,7 +153,7 @@ def with_colour(plan: Plan, old: str, new: str) -> Plan:
 def test_plan_is_determined_by_the_instruction():
     """Tutorials that describe the same thing share one plan, and a held-out pair's plan is its subject's template
     with the colour word substituted, as a model can infer from the training pairs."""
-    dataset = build_dataset(240, seed=11, size=32, mix={"drawing": 3, "procedure": 1})
+    dataset = build_dataset(240, seed=11, size=32, mix={"drawing": 3, "procedure": 1, "plan": 2})
     plans = plans_by_content(dataset)
     repeated = [content for content, group in plans.items() if len(group) > 1]
     assert len(repeated) >= 40
@@ -165,6 +168,20 @@ def test_plan_is_determined_by_the_instruction():
             if name == subject and (name, train_colour) in plans
         }
         assert held_out_plan in siblings.values(), f"{subject}, {colour}: {held_out_plan} vs {siblings}"
+
+
+def test_text_only_plans_copy_any_colour_but_never_a_held_out_pair(dataset):
+    rows = rows_of(build_dataset(200, seed=3, size=32, mix={"plan": 1})["train"], "plan")
+    assert {row["task"] for row, _ in rows} == {"plan"}
+    assert not any(row["images"] or row["step_images"] or row["targets"] for row, _ in rows)
+    drawings = [(row, meta) for row, meta in rows if "colour" in meta]
+    assert 0.5 < len(drawings) / len(rows) < 0.9, "plans cover both drawings and procedures"
+    for row, meta in drawings:
+        assert (meta["subject"], meta["colour"]) not in HELD_OUT_PAIRS
+        assert SUBJECTS[meta["subject"]].describe(meta["colour"]) in row["instruction"]
+        assert any(meta["colour"] in text for text in row["step_texts"]), row["step_texts"]
+    assert {pair for pair in PLAN_PAIRS if pair not in TRAIN_PAIRS}, "plans widen the colours of each subject"
+    assert not set(HELD_OUT_PAIRS) & set(PLAN_PAIRS) and set(TRAIN_PAIRS) < set(PLAN_PAIRS)
 
 
 def test_procedure_plan_follows_from_its_instruction():

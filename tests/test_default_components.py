@@ -73,6 +73,13 @@ def test_texts_cover_every_turn_of_a_tutorial(dataset, tutorial):
     assert {format_plan(steps), plan_instruction(tutorial["instruction"], len(steps)), f"Step 1: {steps[0]}"} <= texts
 
 
+def test_texts_cover_the_turns_of_a_text_only_plan(dataset):
+    rows = dataset["train"].select_columns(["task", "instruction", "step_texts"])
+    plan = next(row for row in rows if row["task"] == "plan")
+    texts = set(caption_texts(dataset))
+    assert {format_plan(plan["step_texts"]), plan_instruction(plan["instruction"], len(plan["step_texts"]))} <= texts
+
+
 def test_training_is_deterministic(dataset, tokenizer):
     again = train_caption_tokenizer(dataset, vocab_size=600)
     assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()

@@ -48,6 +48,8 @@ def make_row(task: str, **fields) -> dict:
         row.update(step_texts=["Draw the walls", "Add a roof"], step_images=[image, encoded()])
     elif task == "understanding":
         row.update(images=[image], answer="A house.")
+    elif task == "plan":
+        row.update(step_texts=["Draw the walls", "Add a roof"])
     elif task == "t2i":
         row.update(targets=[encoded()])
     else:
@@ -73,7 +75,7 @@ def test_features_are_the_documented_schema():
     ]
     assert isinstance(LOOM_FEATURES["images"].feature, datasets.Image)
     assert LOOM_FEATURES["step_texts"].feature == datasets.Value("string")
-    assert TASKS == ("tutorial", "compose", "decompose", "style", "t2i", "edit", "understanding")
+    assert TASKS == ("tutorial", "compose", "decompose", "style", "t2i", "edit", "understanding", "plan")
 
 
 def test_valid_rows_pass():
@@ -95,6 +97,8 @@ BAD_ROWS = {
     "t2i without target": (make_row("t2i", targets=[]), "t2i needs a target image"),
     "understanding without image": (make_row("understanding", images=[]), "understanding needs at least one input"),
     "understanding without answer": (make_row("understanding", answer=""), "understanding needs a non-empty answer"),
+    "plan without steps": (make_row("plan", step_texts=[]), "plan has no steps"),
+    "plan with frames": (make_row("plan", step_images=[encoded(), encoded()]), "plan rows are text-only"),
     "unreadable bytes": (make_row("t2i", targets=[{"bytes": b"not an image", "path": None}]), "targets[0] cannot be"),
     "missing image file": (make_row("edit", images=["/nonexistent/picture.png"]), "images[0] cannot be decoded"),
     "missing field": ({"task": "t2i", "instruction": "x"}, "missing field(s) images"),
@@ -106,9 +110,9 @@ def test_each_problem_is_reported_with_its_row_index(case):
     bad_row, reason = BAD_ROWS[case]
     rows = good_rows()
     rows.insert(3, bad_row)
-    with pytest.warns(UserWarning, match=r"1 of 8 rows are invalid \(rows 3\)"):
+    with pytest.warns(UserWarning, match=r"1 of 9 rows are invalid \(rows 3\)"):
         valid, problems = validate_rows(rows, on_error="skip")
-    assert valid == [0, 1, 2, 4, 5, 6, 7]
+    assert valid == [0, 1, 2, 4, 5, 6, 7, 8]
     assert [problem.index for problem in problems] == [3] * len(problems)
     assert any(reason in problem.reason for problem in problems), problems
 
@@ -129,7 +133,7 @@ def test_raise_mode_lists_every_bad_row_and_reason():
     with pytest.raises(ValueError) as raised:
         validate_rows(rows)
     message = str(raised.value)
-    assert "2 of 7 rows are invalid (rows 1, 4)" in message
+    assert "2 of 8 rows are invalid (rows 1, 4)" in message
     assert "row 1: compose needs at least one input image" in message
     assert "row 4: empty instruction" in message
     assert "row 4: targets[0] cannot be decoded" in message

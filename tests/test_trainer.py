@@ -24,6 +24,7 @@ from loom_hf.trainers import (
     LoomTrainingDataset,
     TextItem,
     build_instance,
+    instance_keys,
     select_trainable_parameters,
 )
 from loom_hf.trainers.lora import lora_config, merge_lora_adapter
@@ -143,6 +144,22 @@ def test_loss_index_sets(pipe):
     # History frames and the target carry their frame indices; text never does.
     frames = batch["frame_ids"][0]
     assert set(frames[types != TokenType.TEXT].tolist()) == {0, 1, 2} and (frames[types == TokenType.TEXT] == -1).all()
+
+
+def test_plan_row_trains_the_planner_on_text_alone(pipe):
+    """A text-only plan row is one instance laid out like a tutorial's planning turn, with nothing to drop."""
+    row = {**tutorial_row(2), "task": "plan", "step_images": []}
+    tutorial = build_instance(tutorial_row(2), key=0, max_history_frames=4)
+    (instance,) = [build_instance(row, key) for key in instance_keys("plan", 2, 0)]
+    assert [(item.text, item.loss) for item in instance] == [(item.text, item.loss) for item in tutorial[:2]]
+    assert not any(item.droppable for item in instance)
+    collator = LoomDataCollator(pipe.processor, text_dropout=1.0, vit_dropout=1.0, vae_dropout=1.0)
+    batch = collator([instance, tutorial])
+    ids, labels, types = batch["input_ids"][0], batch["labels"][0], batch["mm_token_type_ids"][0]
+    plan_ids = pipe.processor.text_block("Step 1: Add part 1\nStep 2: Add part 2")
+    first = batch["document_ids"][0] == batch["document_ids"][0, 0]
+    assert ids[first & (labels != -100)].tolist() == plan_ids[1:]
+    assert (types[first] == TokenType.TEXT).all()
 
 
 def test_padded_batches_hold_one_instance_per_row(pipe):

@@ -1,4 +1,5 @@
-"""Procedural training data for Loom: drawing tutorials, procedures, composition, decomposition and style transfer."""
+"""Procedural training data for Loom: drawing tutorials, procedures, composition, decomposition, style transfer and
+text-only plans."""
 
 from .masks import mask_to_rle, rle_to_mask
 from .painter import BACKGROUNDS, COLOURS
@@ -9,6 +10,7 @@ from .synth import (
     DEFAULT_MIX,
     FAMILIES,
     HELD_OUT_PAIRS,
+    PLAN_PAIRS,
     TRAIN_PAIRS,
     add_synth_arguments,
     build_dataset,
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_MIX",
     "FAMILIES",
     "HELD_OUT_PAIRS",
+    "PLAN_PAIRS",
     "TRAIN_PAIRS",
     "add_synth_arguments",
     "build_dataset",

@@ -11,6 +11,7 @@ colour share their step texts but not their pictures.
 
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -422,8 +423,8 @@ class Subject:
     build: Callable[[random.Random, str], list[Part]]
 
     def describe(self, colour: str) -> str:
-        """E.g. "a red house"."""
-        return self.phrase.format(colour=colour)
+        """E.g. "a red house", "an orange car"."""
+        return re.sub(r"\ba (?=[aeiou])", "an ", self.phrase.format(colour=colour))
 
 
 SUBJECTS: dict[str, Subject] = {

@@ -1,6 +1,7 @@
 """
 Procedural Loom training data in the [`LOOM_FEATURES`] schema: drawing tutorials, procedures with changing state,
-composition, decomposition, style transfer, plus text-to-image, edit and understanding rows from the same drawings.
+composition, decomposition, style transfer, plus text-to-image, edit and understanding rows from the same drawings
+and text-only plans.
 
 Every sample comes from its own `random.Random`, seeded by (seed, split, index): the same arguments always give the
 same dataset. The eval split holds drawing tutorials of subject x colour pairs ([`HELD_OUT_PAIRS`]) that the train
@@ -24,7 +25,7 @@ from ..modeling.processing_loom import ENTITY_TOKENS
 from ..trainers.schema import LOOM_FEATURES
 from ..utils import written_atomically
 from .masks import mask_bbox, mask_to_rle
-from .painter import BACKGROUNDS, FULL_BOX, RGB, WHITE, Box, Painter, Part, Rendering, fit_box, render_parts
+from .painter import BACKGROUNDS, COLOURS, FULL_BOX, RGB, WHITE, Box, Painter, Part, Rendering, fit_box, render_parts
 from .procedures import PROCEDURES
 from .scenes import PRODUCTS, Scene, paint_product, paint_scene, random_scene
 from .styles import Style, apply_style, random_style
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_MIX",
     "HELD_OUT_PAIRS",
     "TRAIN_PAIRS",
+    "PLAN_PAIRS",
     "build_dataset",
     "synthesize",
     "add_synth_arguments",
@@ -62,6 +64,14 @@ TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(
     for colour in subject.colours
     if (name, colour) not in HELD_OUT_PAIRS
 )
+# Text-only plans name any colour for any subject (still never a held-out pair): a planner that only ever saw a few
+# colours per subject learns which colours go with it instead of copying the one it is asked for.
+PLAN_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (name, colour)
+    for name in SUBJECTS
+    for colour in COLOURS
+    if colour != "white" and (name, colour) not in HELD_OUT_PAIRS
+)
 
 # Sample families and the schema task each one writes.
 FAMILIES: dict[str, str] = {
@@ -73,6 +83,7 @@ FAMILIES: dict[str, str] = {
     "t2i": "t2i",
     "edit": "edit",
     "understanding": "understanding",
+    "plan": "plan",
 }
 DEFAULT_MIX: dict[str, float] = {
     "drawing": 0.34,
@@ -83,8 +94,10 @@ DEFAULT_MIX: dict[str, float] = {
     "t2i": 0.06,
     "edit": 0.07,
     "understanding": 0.05,
+    "plan": 0.75,  # text-only: a plan costs about a tenth of the tokens of a tutorial's frames
 }
 MIN_SIZE, MAX_SIZE = 32, 1024
+DRAWING_SHARE_OF_PLANS = 0.7  # the drawing share of the tutorial families of DEFAULT_MIX
 PRODUCT_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "grey")
 
 
@@ -359,6 +372,22 @@ def understanding_sample(rng: random.Random, size: int) -> dict:
     return _row("understanding", rng.choice(UNDERSTANDING_QUESTIONS), meta, images=[drawn.final], answer=answer)
 
 
+def plan_sample(rng: random.Random, size: int) -> dict:
+    """A text-only plan (no frames) of a drawing, in any colour but a held-out pair's, or of a procedure.
+
+    `size` is unused: plans have no images."""
+    if rng.random() < DRAWING_SHARE_OF_PLANS:
+        subject, colour = rng.choice(PLAN_PAIRS)
+        parts = SUBJECTS[subject].build(rng, colour)
+        instruction = rng.choice(TUTORIAL_TEMPLATES).format(what=SUBJECTS[subject].describe(colour))
+        meta = {"family": "plan", "subject": subject, "colour": colour, "drawn": [[subject, colour]]}
+    else:
+        name = rng.choice(tuple(PROCEDURES))
+        instruction, variant, parts = PROCEDURES[name](rng)
+        meta = {"family": "plan", "subject": name, "variant": variant}
+    return _row("plan", instruction, meta, step_texts=[part.caption for part in parts])
+
+
 BUILDERS: dict[str, Callable[[random.Random, int], dict]] = {
     "drawing": drawing_tutorial,
     "procedure": procedure_tutorial,
@@ -368,6 +397,7 @@ BUILDERS: dict[str, Callable[[random.Random, int], dict]] = {
     "t2i": t2i_sample,
     "edit": edit_sample,
     "understanding": understanding_sample,
+    "plan": plan_sample,
 }
 
 

@@ -32,7 +32,7 @@ def _row_texts(row: Mapping) -> Iterator[str]:
     """Every text turn built from one row: what the model reads as input and what it is trained to write."""
     instruction, steps = row["instruction"], row["step_texts"] or []
     yield instruction
-    if row["task"] == "tutorial" and steps:
+    if row["task"] in ("tutorial", "plan") and steps:
         yield plan_instruction(instruction, len(steps))
         yield plan_instruction(instruction)
         yield format_plan(steps)

@@ -2,7 +2,8 @@
 
 A tutorial with N frames yields N instances; instance t holds the planning instruction, the plan (cross-entropy),
 the earlier frames chosen by Loom's sparse history sampling (with the random rotation offset of training), the step's
-text and the noised frame t (flow-matching loss). Other tasks yield one instance per target image.
+text and the noised frame t (flow-matching loss). A text-only plan row yields one instance: instruction and plan.
+Other tasks yield one instance per target image.
 """
 
 import random
@@ -48,7 +49,7 @@ def instance_keys(task: str, num_steps: int, num_targets: int) -> list[int]:
     """The instances of one row, by index: one per tutorial frame, one per target, one for an answer."""
     if task == "tutorial":
         return list(range(num_steps))
-    if task == "understanding":
+    if task in ("understanding", "plan"):
         return [0]
     return list(range(num_targets))
 
@@ -93,6 +94,11 @@ def build_instance(
             *[ImageItem(frames[index][0], frame=index, latents=frames[index][1]) for index in chosen],
             *([TextItem(step_turn(key + 1, steps[key]))] if use_step_text else []),
             ImageItem(frames[key][0], target=True, frame=key, latents=frames[key][1]),
+        ]
+    if task == "plan":
+        return [
+            TextItem(plan_instruction(instruction, len(row["step_texts"])), droppable=False),
+            TextItem(format_plan(row["step_texts"]), loss=True, droppable=False),
         ]
     if task == "understanding":
         return [

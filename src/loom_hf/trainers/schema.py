@@ -2,7 +2,8 @@
 from the official Loom parquet files.
 
 A row holds a task name, the user instruction, the input images, a tutorial plan (step texts with one frame per
-step), target images, a text answer (understanding only) and free-form JSON metadata.
+step), target images, a text answer (understanding only) and free-form JSON metadata. A `plan` row is a tutorial
+without frames: it trains the planner on text alone.
 """
 
 import io
@@ -29,7 +30,7 @@ __all__ = [
     "convert_loom_parquet",
 ]
 
-TASKS = ("tutorial", "compose", "decompose", "style", "t2i", "edit", "understanding")
+TASKS = ("tutorial", "compose", "decompose", "style", "t2i", "edit", "understanding", "plan")
 
 LOOM_FEATURES = datasets.Features(
     {
@@ -114,14 +115,17 @@ def _row_reasons(row: Mapping[str, Any], max_frames: int | None) -> list[str]:
 
     images, targets = _as_list(row["images"]), _as_list(row["targets"])
     step_texts, step_images = _as_list(row["step_texts"]), _as_list(row["step_images"])
-    if task == "tutorial":
+    if task in ("tutorial", "plan"):
         if not step_texts:
-            reasons.append("tutorial has no steps")
-        if len(step_texts) != len(step_images):
-            reasons.append(f"tutorial has {len(step_texts)} step texts but {len(step_images)} step images")
+            reasons.append(f"{task} has no steps")
         empty_steps = [k for k, text in enumerate(step_texts) if not (text or "").strip()]
         if empty_steps:
             reasons.append(f"empty step text at step(s) {', '.join(str(k) for k in empty_steps)}")
+    if task == "plan" and (images or step_images or targets):
+        reasons.append("plan rows are text-only (no images, step_images or targets)")
+    if task == "tutorial":
+        if len(step_texts) != len(step_images):
+            reasons.append(f"tutorial has {len(step_texts)} step texts but {len(step_images)} step images")
         if max_frames is not None and len(step_images) > max_frames:
             reasons.append(f"tutorial has {len(step_images)} frames, more than max_frames={max_frames}")
     elif task in REFERENCE_TASKS:
