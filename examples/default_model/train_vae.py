@@ -1,6 +1,6 @@
 """Train the small FLUX-layout autoencoder of the default Loom model on every image of a Loom dataset.
 
-    loom data synth --out runs/data --num-samples 4000 --seed 0
+    loom data synth --out runs/data --num-samples 7000 --seed 0
     python examples/default_model/train_vae.py --dataset runs/data --output-dir runs/vae --num-threads 1
 
 The autoencoder keeps the conventions the pipeline relies on: 16 latent channels, 8x downsampling (4 levels), no
