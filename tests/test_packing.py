@@ -3,6 +3,7 @@
 import pytest
 import torch
 from PIL import Image
+from transformers.masking_utils import create_causal_mask
 
 from loom_hf import LoomImageProcessor, LoomTextConfig
 from loom_hf.modeling.cache_loom import LoomCache
@@ -10,6 +11,8 @@ from loom_hf.modeling.packing import (
     create_loom_attention_mask,
     grid_position_ids,
     image_block_ids,
+    noise_isolation_function,
+    noised_blocks_end_their_rows,
     pack_latents,
     rope_position_ids,
     unpack_latents,
@@ -137,6 +140,35 @@ def test_noised_blocks_are_hidden_and_packed_samples_isolated():
     assert torch.equal(mask, expected)
     # The clean copy after the noised block and the final text never see the noised latents.
     assert not mask[7:13, 3:7].any()
+
+
+def test_target_last_rows_skip_the_noise_function_with_the_same_mask():
+    """A noised block that ends its row (padding aside) is hidden by causality alone: the fast broadcast mask equals
+    the one built with the noise-isolation function; a token after the block needs the function."""
+    config = sdpa_config()
+    blocks = torch.tensor([[-1, -1, 0, 0, 0, -1, 1, 1, 1, 1, -1, -1], [-1, 0, 0, -1, -1, -1, 1, 1, 1, -1, -1, -1]])
+    noised = (blocks == 1) & torch.tensor([[True] * 12, [True] * 12])
+    padding = torch.tensor([[1] * 10 + [0] * 2, [1] * 9 + [0] * 3])
+    ends = blocks.clone()
+    ends[0, 10:], ends[1, 9:] = 1, 1
+    noised_ends = ends == 1
+    assert noised_blocks_end_their_rows(ends, noised_ends)
+    assert not noised_blocks_end_their_rows(blocks, noised)  # the text after block 1 must be kept from it
+    assert noised_blocks_end_their_rows(blocks, noised, padding)  # ... unless that text is padding
+    assert not noised_blocks_end_their_rows(blocks, blocks >= 0)  # two noised blocks: the second sees the first
+    embeds = torch.zeros(2, 12, 8)
+    fast = create_loom_attention_mask(config, embeds, padding, None, blocks, noised)
+    general = create_causal_mask(
+        config=config,
+        inputs_embeds=embeds,
+        attention_mask=padding,
+        past_key_values=None,
+        and_mask_function=noise_isolation_function(blocks, noised),
+        block_sequence_ids=blocks,
+    )
+    real = padding.bool()
+    for row in range(2):  # padded queries are never read
+        assert torch.equal(fast[row, 0][real[row]], general[row, 0][real[row]])
 
 
 def test_text_appended_to_cache_is_bottom_right_aligned():
