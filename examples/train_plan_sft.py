@@ -18,6 +18,7 @@ from trl import SFTConfig, SFTTrainer
 from loom_hf import LoomInterleavedPipeline
 from loom_hf.pipelines.planning import format_plan, plan_instruction
 from loom_hf.tiny import tiny_pipeline
+from loom_hf.trainers import PLAN_TASKS
 
 
 @dataclass
@@ -32,9 +33,7 @@ class ScriptArguments:
 
 def plan_pairs(rows: datasets.Dataset, bos: str, eos: str) -> datasets.Dataset:
     """Prompt/completion pairs of every tutorial and text-only plan row, in BAGEL's turn format."""
-    tutorials = rows.filter(lambda row: row["task"] in ("tutorial", "plan")).select_columns(
-        ["instruction", "step_texts"]
-    )
+    tutorials = rows.filter(lambda row: row["task"] in PLAN_TASKS).select_columns(["instruction", "step_texts"])
     return tutorials.map(
         lambda row: {
             "prompt": f"{bos}{plan_instruction(row['instruction'], len(row['step_texts']))}{eos}{bos}",

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..pipelines.planning import format_plan, plan_instruction, step_turn
+from ..trainers.schema import PLAN_TASKS
 
 __all__ = ["CONTROL_TOKENS", "PAD_TOKEN", "EOS_TOKEN", "caption_texts", "train_caption_tokenizer"]
 
@@ -32,7 +33,7 @@ def _row_texts(row: Mapping) -> Iterator[str]:
     """Every text turn built from one row: what the model reads as input and what it is trained to write."""
     instruction, steps = row["instruction"], row["step_texts"] or []
     yield instruction
-    if row["task"] in ("tutorial", "plan") and steps:
+    if row["task"] in PLAN_TASKS and steps:
         yield plan_instruction(instruction, len(steps))
         yield plan_instruction(instruction)
         yield format_plan(steps)

@@ -5,6 +5,7 @@ from .dataset import LoomTrainingDataset
 from .instances import ImageItem, Instance, TextItem, build_instance, instance_keys
 from .schema import (
     LOOM_FEATURES,
+    PLAN_TASKS,
     TASKS,
     RowProblem,
     convert_loom_parquet,
@@ -16,6 +17,7 @@ from .trainer import EXPERT_CHOICES, LoomTrainer, LoomTrainingArguments, select_
 __all__ = [
     "LOOM_FEATURES",
     "TASKS",
+    "PLAN_TASKS",
     "RowProblem",
     "validate_rows",
     "from_loom_parquet_row",

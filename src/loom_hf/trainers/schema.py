@@ -23,6 +23,7 @@ from ..pipelines.planning import parse_plan
 
 __all__ = [
     "TASKS",
+    "PLAN_TASKS",
     "LOOM_FEATURES",
     "RowProblem",
     "validate_rows",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 TASKS = ("tutorial", "compose", "decompose", "style", "t2i", "edit", "understanding", "plan")
+# Tasks whose rows carry a plan (`step_texts`): tutorials with one frame per step, text-only plans without frames.
+PLAN_TASKS = ("tutorial", "plan")
 
 LOOM_FEATURES = datasets.Features(
     {
@@ -115,7 +118,7 @@ def _row_reasons(row: Mapping[str, Any], max_frames: int | None) -> list[str]:
 
     images, targets = _as_list(row["images"]), _as_list(row["targets"])
     step_texts, step_images = _as_list(row["step_texts"]), _as_list(row["step_images"])
-    if task in ("tutorial", "plan"):
+    if task in PLAN_TASKS:
         if not step_texts:
             reasons.append(f"{task} has no steps")
         empty_steps = [k for k, text in enumerate(step_texts) if not (text or "").strip()]
