@@ -173,20 +173,29 @@ class LoomTrainer(Trainer):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     @torch.no_grad()
+    def _clean_latent_tokens(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Packed clean latent tokens per image: cached tokens as they are, images encoded one VAE call per size."""
+        clean: list[torch.Tensor | None] = [None] * len(pixels)
+        by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(pixels):
+            if image.ndim == 2:  # latent tokens cached by `cache_latents`
+                clean[index] = image.to(device=self.args.device, dtype=torch.float32)
+            else:
+                by_size[tuple(image.shape)].append(index)
+        for indices in by_size.values():
+            images = torch.stack([pixels[i] for i in indices]).to(device=self.args.device, dtype=self.vae.dtype)
+            latents = self.vae.encode(images).latent_dist.mode()
+            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            for index, image_latents in zip(indices, latents.float()):
+                clean[index] = pack_latents(image_latents[None], self.model.config.latent_patch_size)
+        return clean
+
+    @torch.no_grad()
     def _latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the batch's images, noise the targets; returns (model latents, velocity targets, target mask)."""
         pixels = batch.pop("vae_pixel_values")
         is_target = batch.pop("latent_is_target").to(self.args.device)
-        patch = self.model.config.latent_patch_size
-        clean = []
-        for image in pixels:
-            if image.ndim == 2:  # latent tokens cached by `cache_latents`
-                clean.append(image.to(device=self.args.device, dtype=torch.float32))
-                continue
-            image = image.to(device=self.args.device, dtype=self.vae.dtype).unsqueeze(0)
-            latents = self.vae.encode(image).latent_dist.mode()
-            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-            clean.append(pack_latents(latents.float(), patch))
+        clean = self._clean_latent_tokens(pixels)
         lengths = torch.tensor([tokens.shape[0] for tokens in clean], device=self.args.device)
         clean = torch.cat(clean) if clean else torch.zeros(0, self.model.config.latent_token_dim)
         shift = self.args.timestep_shift
