@@ -119,6 +119,27 @@ def test_experts_route_by_token_type(model_and_inputs):
     assert (changed[~latent_tokens] > 1e-3).all() and (changed[latent_tokens] == 0).all()
 
 
+def test_training_routes_like_inference_and_keeps_both_experts_in_the_graph(model_and_inputs, tiny_pipe):
+    """Training splits tokens between the experts even when one would take all (data-parallel training needs both
+    in every graph); the routed result equals inference's."""
+    model, inputs, _ = model_and_inputs
+    with torch.no_grad():
+        reference = model(**inputs).last_hidden_state
+    model.train()
+    try:
+        torch.testing.assert_close(model(**inputs).last_hidden_state, reference, rtol=0, atol=0)
+        text = tiny_pipe.processor.text_block("Draw a red house")
+        model(
+            input_ids=torch.tensor([text]), mm_token_type_ids=torch.zeros(1, len(text), dtype=torch.long)
+        ).logits.sum().backward()
+    finally:
+        model.eval()
+    layer = model.model.language_model.layers[0]
+    assert layer.mlp.down_proj.weight.grad.abs().sum() > 0
+    assert layer.mlp_moe_gen.down_proj.weight.grad is not None and not layer.mlp_moe_gen.down_proj.weight.grad.any()
+    model.zero_grad(set_to_none=True)
+
+
 @pytest.mark.parametrize("implementation", ["eager", pytest.param("flex_attention", marks=pytest.mark.slow)])
 @torch.no_grad()
 def test_attention_backends_agree(model_and_inputs, implementation):

@@ -50,31 +50,50 @@ __all__ = [
 ]
 
 
+@dataclass
+class ExpertRoute:
+    """Which tokens each expert processes, worked out once per forward pass and shared by every routed layer.
+
+    `gen_index` and `und_index` index the flattened `[batch · length]` tokens; both are `None` when one expert takes
+    every token (`all_generation` says which). Indexing with precomputed positions instead of a boolean mask at every
+    call saves a `nonzero` (a host synchronisation on GPU) per projection, norm and MLP of every layer.
+    """
+
+    all_generation: bool
+    und_index: torch.LongTensor | None = None
+    gen_index: torch.LongTensor | None = None
+
+    @classmethod
+    def from_gen_mask(cls, gen_mask: torch.BoolTensor, always_split: bool = False) -> "ExpertRoute":
+        """With `always_split` both experts run (possibly on zero tokens) so that both always take part in the
+        autograd graph, which data-parallel training needs."""
+        if not always_split:
+            if not gen_mask.any():
+                return cls(all_generation=False)
+            if gen_mask.all():
+                return cls(all_generation=True)
+        flat = gen_mask.flatten()
+        return cls(False, (~flat).nonzero().flatten(), flat.nonzero().flatten())
+
+
 def route_experts(
     understanding: Callable[[torch.Tensor], torch.Tensor],
     generation: Callable[[torch.Tensor], torch.Tensor],
     hidden_states: torch.Tensor,
-    gen_mask: torch.BoolTensor | None,
-    always_split: bool = False,
+    route: ExpertRoute | None,
 ) -> torch.Tensor:
     """Apply the understanding expert to text/ViT tokens and the generation expert to latent tokens.
 
-    `gen_mask` covers the leading `[batch, length]` dims of `hidden_states`. With `always_split` both experts run
-    (possibly on zero tokens) so that both always take part in the autograd graph, which data-parallel training needs.
+    `route` covers the leading `[batch, length]` dims of `hidden_states`; `None` sends every token to understanding.
     """
-    if not always_split:
-        if gen_mask is None or not gen_mask.any():
-            return understanding(hidden_states)
-        if gen_mask.all():
-            return generation(hidden_states)
-    if gen_mask is None:
-        gen_mask = torch.zeros(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
-    und_out = understanding(hidden_states[~gen_mask])
-    gen_out = generation(hidden_states[gen_mask])
-    out = und_out.new_empty(*gen_mask.shape, *und_out.shape[1:])
-    out[~gen_mask] = und_out
-    out[gen_mask] = gen_out.to(und_out.dtype)
-    return out
+    if route is None or route.gen_index is None:
+        return (generation if route is not None and route.all_generation else understanding)(hidden_states)
+    flat = hidden_states.flatten(0, 1)
+    und_out = understanding(flat.index_select(0, route.und_index))
+    gen_out = generation(flat.index_select(0, route.gen_index)).to(und_out.dtype)
+    out = und_out.new_empty(flat.shape[0], *und_out.shape[1:])
+    out = out.index_copy(0, route.und_index, und_out).index_copy(0, route.gen_index, gen_out)
+    return out.unflatten(0, hidden_states.shape[:2])
 
 
 class LoomAttention(nn.Module):
@@ -104,20 +123,19 @@ class LoomAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        gen_mask: torch.BoolTensor | None,
+        route: ExpertRoute | None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        split = self.training
 
         def project(name: str) -> torch.Tensor:
             und, gen = getattr(self, name), getattr(self, f"{name}_moe_gen")
-            return route_experts(und, gen, hidden_states, gen_mask, split).view(hidden_shape)
+            return route_experts(und, gen, hidden_states, route).view(hidden_shape)
 
-        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, project("q_proj"), gen_mask, split)
-        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, project("k_proj"), gen_mask, split)
+        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, project("q_proj"), route)
+        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, project("k_proj"), route)
         query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
         value_states = project("v_proj").transpose(1, 2)
 
@@ -159,7 +177,7 @@ class LoomAttention(nn.Module):
             ]
             attn_output, attn_weights = torch.cat(pieces, dim=1), None
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, gen_mask, split), attn_weights
+        return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, route), attn_weights
 
 
 class LoomDecoderLayer(GradientCheckpointingLayer):
@@ -180,17 +198,14 @@ class LoomDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        gen_mask: torch.BoolTensor | None,
+        route: ExpertRoute | None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        split = self.training
         residual = hidden_states
-        hidden_states = route_experts(
-            self.input_layernorm, self.input_layernorm_moe_gen, hidden_states, gen_mask, split
-        )
+        hidden_states = route_experts(self.input_layernorm, self.input_layernorm_moe_gen, hidden_states, route)
         hidden_states, _ = self.self_attn(
-            hidden_states, position_embeddings, attention_mask, gen_mask, past_key_values=past_key_values, **kwargs
+            hidden_states, position_embeddings, attention_mask, route, past_key_values=past_key_values, **kwargs
         )
         hidden_states = residual + hidden_states
         residual = hidden_states
@@ -198,8 +213,7 @@ class LoomDecoderLayer(GradientCheckpointingLayer):
             lambda x: self.mlp(self.post_attention_layernorm(x)),
             lambda x: self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(x)),
             hidden_states,
-            gen_mask,
-            split,
+            route,
         )
         return residual + hidden_states
 
@@ -351,18 +365,21 @@ class LoomTextModel(LoomPreTrainedModel):
                 self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
             )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        if gen_mask is None:
+            gen_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        route = ExpertRoute.from_gen_mask(gen_mask, always_split=self.training)
         hidden_states = inputs_embeds
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
                 mask,
                 position_embeddings,
-                gen_mask,
+                route,
                 past_key_values=past_key_values,
                 **attention_kwargs,
                 **kwargs,
             )
-        hidden_states = route_experts(self.norm, self.norm_moe_gen, hidden_states, gen_mask, self.training)
+        hidden_states = route_experts(self.norm, self.norm_moe_gen, hidden_states, route)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
 
     def _attends_per_document(self, inputs_embeds, attention_mask, past_key_values, document_ids) -> bool:
