@@ -1,13 +1,14 @@
 """Packed collation vs. padded batches on mixed-length training instances: tokens per second and peak memory.
 
-    python benchmarks/bench_packing.py [--steps 12] [--max-tokens 2048]
+    python benchmarks/bench_packing.py [--epochs 3] [--max-tokens 2048] [--cache-latents]
 
-Both modes train the same instances (procedural tutorials and edits of 40 to 400 tokens) with the same loss:
-packed batches fill a token budget with whole instances in one row; padded batches hold as many instances per row
-(one instance each) as the packed batches hold on average, right-padded to the longest. Throughput is measured
-alternately in one process (real, non-padding tokens per second of forward + backward + optimizer step); peak
-memory is measured in a fresh process per mode, as the resident memory reached during the training steps above the
-memory held once the model, data and optimizer state are set up.
+Both modes train the same instances (the default procedural mix: tutorial frames, edits and text-only plans of 40 to
+400 tokens) with the same loss: packed batches fill a token budget with whole instances in one row; padded batches
+hold as many instances (one per row) as the packed batches hold on average, right-padded to the longest. Each epoch
+trains every instance once in each mode, batch by batch alternately in one process; throughput is the epoch's real
+(non-padding) tokens over its time of forward + backward + optimizer steps, and the reported ratio is the median of
+the epochs' ratios (with their range). Peak memory is measured in a fresh process per mode, as the resident memory
+reached during one epoch above the memory held once the model, data and optimizer state are set up.
 """
 
 import argparse
@@ -25,9 +26,10 @@ import torch
 from loom_hf.data import build_dataset
 from loom_hf.tiny import tiny_pipeline
 from loom_hf.trainers import LoomDataCollator, LoomTrainer, LoomTrainingArguments, LoomTrainingDataset
+from loom_hf.trainers.latent_cache import cache_latents
 
 
-def setup(max_tokens: int):
+def setup(max_tokens: int, cached_latents: bool = False):
     torch.manual_seed(0)
     pipe = tiny_pipeline(
         seed=0,
@@ -43,6 +45,8 @@ def setup(max_tokens: int):
         },
     )
     rows = build_dataset(64, seed=0)["train"]
+    if cached_latents:
+        rows = cache_latents(rows, pipe.vae, pipe.processor, pipe.model.config.latent_patch_size)
     packed = LoomDataCollator(pipe.processor, 0, 0, 0, packing=True)
     padded = LoomDataCollator(pipe.processor, 0, 0, 0, packing=False)
     dataset = LoomTrainingDataset(rows, packed, max_tokens=max_tokens, max_frames=8)
@@ -77,9 +81,9 @@ def train_step(trainer, collator, instances) -> int:
     return real
 
 
-def measure_memory(mode: str, steps: int, max_tokens: int) -> None:
-    """Peak resident memory during the training steps, above the memory held once everything is set up."""
-    trainer, dataset, modes = setup(max_tokens)
+def measure_memory(mode: str, max_tokens: int, cached_latents: bool) -> None:
+    """Peak resident memory during one epoch, above the memory held once everything is set up."""
+    trainer, dataset, modes = setup(max_tokens, cached_latents)
     collator, batches = modes[mode]
     train_step(trainer, collator, [dataset[i] for i in batches[0]])  # allocates the optimizer state
     process = psutil.Process()
@@ -95,7 +99,7 @@ def measure_memory(mode: str, steps: int, max_tokens: int) -> None:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    for batch in batches[1 : steps + 1]:
+    for batch in batches[1:]:
         train_step(trainer, collator, [dataset[i] for i in batch])
     running = False
     sampler.join()
@@ -104,54 +108,60 @@ def measure_memory(mode: str, steps: int, max_tokens: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument(
+        "--cache-latents",
+        action="store_true",
+        help="Encode the images once beforehand, as `train_sft.py --cache_latents`.",
+    )
     parser.add_argument("--memory-of", choices=["packed", "padded"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
     if args.memory_of:
-        measure_memory(args.memory_of, args.steps, args.max_tokens)
+        measure_memory(args.memory_of, args.max_tokens, args.cache_latents)
         return
 
-    trainer, dataset, modes = setup(args.max_tokens)
-    rates = {mode: [] for mode in modes}
-    padding = {}
-    for step in range(args.steps + 1):
-        for mode, (collator, batches) in modes.items():
-            instances = [dataset[i] for i in batches[step % len(batches)]]
-            start = time.perf_counter()
-            real = train_step(trainer, collator, instances)
-            elapsed = time.perf_counter() - start
-            if step:  # the first round warms up
-                rates[mode].append(real / elapsed)
-            if mode == "padded":
-                shape = collator(instances)["input_ids"].shape
-                padding.setdefault(mode, []).append(1 - real / (shape[0] * shape[1]))
+    trainer, dataset, modes = setup(args.max_tokens, args.cache_latents)
+    for collator, batches in modes.values():  # warm-up
+        train_step(trainer, collator, [dataset[i] for i in batches[0]])
+    epochs = []
+    padding = []
+    for _ in range(args.epochs):
+        tokens, seconds = dict.fromkeys(modes, 0), dict.fromkeys(modes, 0.0)
+        for step in range(max(len(batches) for _, batches in modes.values())):
+            for mode, (collator, batches) in modes.items():
+                if step >= len(batches):
+                    continue
+                instances = [dataset[i] for i in batches[step]]
+                start = time.perf_counter()
+                tokens[mode] += train_step(trainer, collator, instances)
+                seconds[mode] += time.perf_counter() - start
+                if mode == "padded":
+                    mask = collator(instances)["attention_mask"]
+                    padding.append(1 - float(mask.sum()) / mask.numel())
+        epochs.append({mode: tokens[mode] / seconds[mode] for mode in modes})
+    ratios = [epoch["packed"] / epoch["padded"] for epoch in epochs]
     memory = {}
     for mode in modes:
         child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--memory-of",
-                mode,
-                "--steps",
-                str(args.steps),
-                "--max-tokens",
-                str(args.max_tokens),
-            ],
+            [sys.executable, __file__, "--memory-of", mode, "--max-tokens", str(args.max_tokens)]
+            + ["--cache-latents"] * args.cache_latents,
             capture_output=True,
             text=True,
             check=True,
         )
         memory[mode] = json.loads(child.stdout.strip().splitlines()[-1])["peak_mb"]
     result = {
+        "cached_latents": args.cache_latents,
         "instances": len(dataset),
-        "instances_per_padded_row_batch": len(modes["padded"][1][0]),
-        "padding_fraction_of_padded_batches": round(statistics.mean(padding["padded"]), 3),
-        "tokens_per_second": {mode: round(statistics.median(values)) for mode, values in rates.items()},
-        "packed_over_padded_throughput": round(
-            statistics.median(rates["packed"]) / statistics.median(rates["padded"]), 2
-        ),
+        "batches_per_epoch": {mode: len(batches) for mode, (_, batches) in modes.items()},
+        "instances_per_padded_batch": len(modes["padded"][1][0]),
+        "padding_fraction_of_padded_batches": round(statistics.mean(padding), 3),
+        "tokens_per_second": {mode: round(statistics.median(e[mode] for e in epochs)) for mode in modes},
+        "packed_over_padded_throughput": round(statistics.median(ratios), 2),
+        "packed_over_padded_throughput_range": [round(min(ratios), 2), round(max(ratios), 2)],
         "training_peak_memory_mb": {mode: round(value) for mode, value in memory.items()},
         "packed_over_padded_peak_memory": round(memory["packed"] / memory["padded"], 2),
     }
