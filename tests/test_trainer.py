@@ -415,6 +415,27 @@ def test_lora_adapter_saves_reloads_merges_and_runs_in_the_pipeline(pipe, tmp_pa
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)
 
 
+def test_fsdp2_step_on_two_processes_matches_one_unsharded_step(tmp_path):
+    """The layers `examples/accelerate/fsdp.yaml` wraps shard under FSDP2 (gloo, two CPU processes) and a training
+    step there gives the unsharded step's loss and gradients."""
+    result = tmp_path / "fsdp.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = subprocess.run(
+        [*command, str(REPO / "tests" / "fsdp_worker.py"), str(result)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(result.read_text())
+    assert report["wrapped_layers"] == ["LoomDecoderLayer"] * 2 + ["SiglipEncoderLayer"] * 2
+    assert report["shard_units"] == len(report["wrapped_layers"]) + 1 and report["sharded_parameters"]
+    assert min(report["loss_tokens"]) > 0  # both the text and the flow loss take part
+    assert report["loss"][0] == pytest.approx(report["loss"][1], rel=1e-6)
+    assert report["gradients"] > 100 and not report["missing_gradients"]
+    assert report["max_gradient_difference"] <= 1e-5 * report["max_gradient"]
+
+
 def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
     """`accelerate launch` with two CPU processes: both losses logged, checkpoints written, resume continues."""
     data = tmp_path / "data"
