@@ -92,7 +92,8 @@ def route_experts(
     und_out = understanding(flat.index_select(0, route.und_index))
     gen_out = generation(flat.index_select(0, route.gen_index)).to(und_out.dtype)
     out = und_out.new_empty(flat.shape[0], *und_out.shape[1:])
-    out = out.index_copy(0, route.und_index, und_out).index_copy(0, route.gen_index, gen_out)
+    out.index_copy_(0, route.und_index, und_out)
+    out.index_copy_(0, route.gen_index, gen_out)
     return out.unflatten(0, hidden_states.shape[:2])
 
 
