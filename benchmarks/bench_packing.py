@@ -1,14 +1,15 @@
 """Packed collation vs. padded batches on mixed-length training instances: tokens per second and peak memory.
 
-    python benchmarks/bench_packing.py [--epochs 3] [--max-tokens 2048] [--cache-latents]
+    python benchmarks/bench_packing.py [--epochs 3] [--max-tokens 4096] [--cache-latents]
 
 Both modes train the same instances (the default procedural mix: tutorial frames, edits and text-only plans of 40 to
 400 tokens) with the same loss: packed batches fill a token budget with whole instances in one row; padded batches
-hold as many instances (one per row) as the packed batches hold on average, right-padded to the longest. Each epoch
-trains every instance once in each mode, batch by batch alternately in one process; throughput is the epoch's real
-(non-padding) tokens over its time of forward + backward + optimizer steps, and the reported ratio is the median of
-the epochs' ratios (with their range). Peak memory is measured in a fresh process per mode, as the resident memory
-reached during one epoch above the memory held once the model, data and optimizer state are set up.
+hold as many instances (one per row) as the packed batches hold on average, right-padded to the longest. The default
+token budget is the one the embedded default model was trained with (`examples/default_model/reproduce.sh`). Each
+epoch trains every instance once in each mode, batch by batch alternately in one process; throughput is the epoch's
+real (non-padding) tokens over its time of forward + backward + optimizer steps, and the reported ratio is the
+median of the epochs' ratios (with their range). Peak memory is measured in a fresh process per mode, as the
+resident memory reached during one epoch above the memory held once the model, data and optimizer state are set up.
 """
 
 import argparse
@@ -109,7 +110,7 @@ def measure_memory(mode: str, max_tokens: int, cached_latents: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--max-tokens", type=int, default=4096, help="token budget of a packed batch")
     parser.add_argument(
         "--cache-latents",
         action="store_true",
