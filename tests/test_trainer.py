@@ -227,15 +227,23 @@ def test_cached_latents_match_encoding_during_training(pipe, rows, tmp_path):
 
 
 def test_trainer_encodes_same_size_images_together_in_order(pipe, rows, tmp_path):
-    """One VAE call per image size gives each image the latents of encoding it alone, in the batch's order."""
-    trainer = make_trainer(pipe, rows.select(range(2)), tmp_path, max_steps=1)
+    """Same-size images share VAE calls up to the pixel budget; each gets the latents of encoding it alone, in order."""
+    trainer = make_trainer(pipe, rows.select(range(2)), tmp_path, max_steps=1, vae_pixels_per_call=2 * 64 * 64)
     generator = torch.Generator().manual_seed(0)
-    pixels = [torch.rand(3, *size, generator=generator) * 2 - 1 for size in ((64, 64), (32, 48), (64, 64))]
+    sizes = ((64, 64), (32, 48), (64, 64), (64, 64))
+    pixels = [torch.rand(3, *size, generator=generator) * 2 - 1 for size in sizes]
     cached = torch.randn(6, pipe.model.config.latent_token_dim, generator=generator)
-    batch = [pixels[0], cached, pixels[1], pixels[2]]
-    encoded = trainer._clean_latent_tokens(batch)
+    batch = [pixels[0], cached, pixels[1], pixels[2], pixels[3]]
+    calls = []
+    encode = pipe.vae.encode
+    pipe.vae.encode = lambda images: calls.append(tuple(images.shape)) or encode(images)
+    try:
+        encoded = trainer._clean_latent_tokens(batch)
+    finally:
+        del pipe.vae.encode
+    assert calls == [(2, 3, 64, 64), (1, 3, 64, 64), (1, 3, 32, 48)]
     assert torch.equal(encoded[1], cached)
-    for tokens, image in zip([encoded[0], encoded[2], encoded[3]], pixels):
+    for tokens, image in zip([encoded[0], encoded[2], encoded[3], encoded[4]], pixels):
         alone = pipe.vae.encode(image[None]).latent_dist.mode()
         alone = (alone - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
         expected = pack_latents(alone, pipe.model.config.latent_patch_size)
@@ -286,6 +294,22 @@ def test_token_budget_and_bad_rows(pipe, rows):
 
 
 # ---------------------------------------------------------------- trainer
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("history", "recent"),
+        ("train_experts", "vision"),
+        ("ce_loss_weight", -0.1),
+        ("timestep_shift", 0.0),
+        ("ema_decay", 1.0),
+        ("vae_pixels_per_call", 0),
+    ],
+)
+def test_training_arguments_reject_bad_values_by_name(argument, value, tmp_path):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        LoomTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **{argument: value})
 
 
 def make_trainer(pipe, dataset, tmp_path, **overrides) -> LoomTrainer:

@@ -49,6 +49,13 @@ class LoomTrainingArguments(TrainingArguments):
     )
     max_tokens_per_batch: int = field(default=8192, metadata={"help": "Token budget of one packed batch."})
     packing: bool = field(default=True, metadata={"help": "Pack instances into one row (else pad per instance)."})
+    vae_pixels_per_call: int = field(
+        default=1024 * 1024,
+        metadata={
+            "help": "Pixel budget of one VAE encoding call: same-size images are encoded together up to it "
+            "(one 1024² image per call, 256 of 64²), which bounds the autoencoder's activation memory."
+        },
+    )
     ema_decay: float | None = field(default=None, metadata={"help": "Keep EMA weights with this decay."})
     on_bad_sample: str = field(
         default="skip", metadata={"help": "skip (counted warning) or raise (with row indices) on bad rows."}
@@ -67,6 +74,8 @@ class LoomTrainingArguments(TrainingArguments):
             raise ValueError(f"`timestep_shift` must be > 0; got {self.timestep_shift}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1); got {self.ema_decay}.")
+        if self.vae_pixels_per_call < 1:
+            raise ValueError(f"`vae_pixels_per_call` must be >= 1; got {self.vae_pixels_per_call}.")
 
 
 def select_trainable_parameters(model: LoomForInterleavedGeneration, experts: str) -> int:
@@ -174,7 +183,8 @@ class LoomTrainer(Trainer):
 
     @torch.no_grad()
     def _clean_latent_tokens(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Packed clean latent tokens per image: cached tokens as they are, images encoded one VAE call per size."""
+        """Packed clean latent tokens per image: cached tokens as they are, same-size images encoded together (up to
+        `vae_pixels_per_call` pixels per call)."""
         clean: list[torch.Tensor | None] = [None] * len(pixels)
         by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, image in enumerate(pixels):
@@ -182,12 +192,15 @@ class LoomTrainer(Trainer):
                 clean[index] = image.to(device=self.args.device, dtype=torch.float32)
             else:
                 by_size[tuple(image.shape)].append(index)
-        for indices in by_size.values():
-            images = torch.stack([pixels[i] for i in indices]).to(device=self.args.device, dtype=self.vae.dtype)
-            latents = self.vae.encode(images).latent_dist.mode()
-            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-            for index, image_latents in zip(indices, latents.float()):
-                clean[index] = pack_latents(image_latents[None], self.model.config.latent_patch_size)
+        for size, indices in by_size.items():
+            per_call = max(1, self.args.vae_pixels_per_call // (size[-2] * size[-1]))
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start : start + per_call]
+                images = torch.stack([pixels[i] for i in chunk]).to(device=self.args.device, dtype=self.vae.dtype)
+                latents = self.vae.encode(images).latent_dist.mode()
+                latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+                for index, image_latents in zip(chunk, latents.float()):
+                    clean[index] = pack_latents(image_latents[None], self.model.config.latent_patch_size)
         return clean
 
     @torch.no_grad()
