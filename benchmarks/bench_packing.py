@@ -70,16 +70,17 @@ def setup(max_tokens: int, cached_latents: bool = False):
     return trainer, dataset, {"packed": (packed, batches), "padded": (padded, padded_batches)}
 
 
-def train_step(trainer, collator, instances) -> int:
-    """One optimizer step; returns the number of real (non-padding) tokens."""
+def train_step(trainer, collator, instances) -> tuple[int, int]:
+    """One optimizer step; returns the number of real (non-padding) tokens and of token slots in the batch."""
     batch = collator(instances)
-    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    slots = batch["input_ids"].numel()
+    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else slots
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
     trainer.optimizer.step()
     trainer.optimizer.zero_grad()
-    return real
+    return real, slots
 
 
 def measure_memory(mode: str, max_tokens: int, cached_latents: bool) -> None:
@@ -137,11 +138,11 @@ def main() -> None:
                     continue
                 instances = [dataset[i] for i in batches[step]]
                 start = time.perf_counter()
-                tokens[mode] += train_step(trainer, collator, instances)
+                real, slots = train_step(trainer, collator, instances)
                 seconds[mode] += time.perf_counter() - start
+                tokens[mode] += real
                 if mode == "padded":
-                    mask = collator(instances)["attention_mask"]
-                    padding.append(1 - float(mask.sum()) / mask.numel())
+                    padding.append(1 - real / slots)
         epochs.append({mode: tokens[mode] / seconds[mode] for mode in modes})
     ratios = [epoch["packed"] / epoch["padded"] for epoch in epochs]
     memory = {}

@@ -80,14 +80,14 @@ def route_experts(
     understanding: Callable[[torch.Tensor], torch.Tensor],
     generation: Callable[[torch.Tensor], torch.Tensor],
     hidden_states: torch.Tensor,
-    route: ExpertRoute | None,
+    route: ExpertRoute,
 ) -> torch.Tensor:
     """Apply the understanding expert to text/ViT tokens and the generation expert to latent tokens.
 
-    `route` covers the leading `[batch, length]` dims of `hidden_states`; `None` sends every token to understanding.
+    `route` covers the leading `[batch, length]` dims of `hidden_states`.
     """
-    if route is None or route.gen_index is None:
-        return (generation if route is not None and route.all_generation else understanding)(hidden_states)
+    if route.gen_index is None:
+        return (generation if route.all_generation else understanding)(hidden_states)
     flat = hidden_states.flatten(0, 1)
     und_out = understanding(flat.index_select(0, route.und_index))
     gen_out = generation(flat.index_select(0, route.gen_index)).to(und_out.dtype)
@@ -124,7 +124,7 @@ class LoomAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        route: ExpertRoute | None,
+        route: ExpertRoute,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -199,7 +199,7 @@ class LoomDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        route: ExpertRoute | None,
+        route: ExpertRoute,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:

@@ -16,6 +16,7 @@ flex-attention masks.
 from enum import IntEnum
 
 import torch
+from diffusers import AutoencoderKL
 from transformers.masking_utils import and_masks, create_causal_mask, packed_sequence_mask_function
 
 __all__ = [
@@ -91,6 +92,12 @@ def grid_position_ids(grid_hw: torch.LongTensor, max_side: int) -> torch.LongTen
     if not positions:
         return torch.zeros(0, dtype=torch.long, device=grid_hw.device)
     return torch.cat(positions)
+
+
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """`[B, 3, H, W]` pixels in [-1, 1] → the VAE posterior mean in the model's latent space (shifted and scaled)."""
+    latents = vae.encode(pixels).latent_dist.mode()
+    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
 
 
 def pack_latents(latents: torch.Tensor, patch_size: int = 2) -> torch.Tensor:

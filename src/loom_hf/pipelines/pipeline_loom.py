@@ -16,7 +16,7 @@ from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper
 
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from ..modeling.convert_bagel import load_bagel_release
-from ..modeling.packing import HISTORY_MODES, history_frame_indices, pack_latents, unpack_latents
+from ..modeling.packing import HISTORY_MODES, encode_latents, history_frame_indices, pack_latents, unpack_latents
 from ..modeling.processing_loom import ENTITY_TOKENS
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
@@ -194,8 +194,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         if use_vae:
             pixels = self.processor.image_processor.vae_pixel_values(image)
             pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
-            latents = self.vae.encode(pixels).latent_dist.mode()
-            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            latents = encode_latents(self.vae, pixels)
             patch = self.model.config.latent_patch_size
             encoded.latent_tokens = pack_latents(latents.float(), patch)
             encoded.latent_grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)

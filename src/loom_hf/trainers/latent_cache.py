@@ -5,7 +5,7 @@ import torch
 from datasets.fingerprint import Hasher
 from diffusers import AutoencoderKL
 
-from ..modeling.packing import pack_latents
+from ..modeling.packing import encode_latents, pack_latents
 from ..modeling.processing_loom import LoomProcessor
 from .schema import IMAGE_FIELDS
 
@@ -18,8 +18,7 @@ def _encode(images, vae: AutoencoderKL, processor: LoomProcessor, patch_size: in
     flat, grids = [], []
     for image in images:
         pixels = processor.image_processor.vae_pixel_values(processor.image_processor.resize_for_vae(image))
-        latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
-        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        latents = encode_latents(vae, pixels.to(device=vae.device, dtype=vae.dtype))
         tokens = pack_latents(latents.float().cpu(), patch_size)
         flat.append(tokens.flatten().tolist())
         grids.append([latents.shape[-2] // patch_size, latents.shape[-1] // patch_size])

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
 from ..modeling import LoomForInterleavedGeneration
-from ..modeling.packing import HISTORY_MODES, pack_latents
+from ..modeling.packing import HISTORY_MODES, encode_latents, pack_latents
 from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
 from .hub import loom_model_card
 
@@ -197,9 +197,7 @@ class LoomTrainer(Trainer):
             for start in range(0, len(indices), per_call):
                 chunk = indices[start : start + per_call]
                 images = torch.stack([pixels[i] for i in chunk]).to(device=self.args.device, dtype=self.vae.dtype)
-                latents = self.vae.encode(images).latent_dist.mode()
-                latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-                for index, image_latents in zip(chunk, latents.float()):
+                for index, image_latents in zip(chunk, encode_latents(self.vae, images).float()):
                     clean[index] = pack_latents(image_latents[None], self.model.config.latent_patch_size)
         return clean
 
