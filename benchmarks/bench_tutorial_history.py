@@ -17,6 +17,7 @@ import time
 import torch
 
 from loom_hf.pipelines.guidance import GuidanceConfig
+from loom_hf.pipelines.pipeline_loom import DenoisingSettings, ImageJob, TutorialSettings
 from loom_hf.pipelines.planning import format_plan, plan_instruction
 from loom_hf.tiny import tiny_pipeline
 
@@ -55,22 +56,17 @@ def main() -> None:
     with torch.no_grad():
         base = pipe.encode_context([plan_instruction(prompt, None)])
         pipe.encode_context([format_plan(plan)], contexts=base)
-        guidance = GuidanceConfig()
+        settings = DenoisingSettings(num_inference_steps=args.steps, guidance=GuidanceConfig(), timestep_shift=3.0)
 
         def render(index: int, history: str) -> float:
             start = time.perf_counter()
-            contexts, _ = pipe.frame_contexts(base, frames, index, plan[index], args.max_history_frames, history)
-            latents = pipe.generate_image_latents(
-                contexts,
-                args.image_size,
-                args.image_size,
-                args.steps,
-                guidance,
-                3.0,
-                generator=torch.Generator().manual_seed(0),
-                frame_index=index,
+            tutorial = TutorialSettings(None, args.max_history_frames, history, use_step_text=True)
+            contexts, _ = pipe.frame_contexts(base, frames, index, plan[index], tutorial)
+            job = ImageJob(
+                contexts, (args.image_size, args.image_size), torch.Generator().manual_seed(0), frame_index=index
             )
-            pipe.encode_image(pipe.decode_latents(latents, "pil"))
+            (latents,) = pipe.denoise([job], settings)
+            pipe.encode_image(pipe.decode_latents(latents, "pil")[0])
             return time.perf_counter() - start
 
         last = args.frames - 1

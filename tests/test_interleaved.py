@@ -9,6 +9,8 @@ from PIL import Image
 
 from loom_hf import ImageSegment, TextSegment
 from loom_hf.modeling.packing import history_frame_indices, rotation_offset_limit
+from loom_hf.pipelines.guidance import GuidanceConfig
+from loom_hf.pipelines.pipeline_loom import DenoisingSettings, ImageJob
 from loom_hf.pipelines.planning import format_plan, parse_plan, plan_instruction, step_turn
 from loom_hf.tiny import tiny_pipeline
 
@@ -114,37 +116,28 @@ def test_segment_structure(framed_pipe, steps):
 
 
 def test_frame_contexts_hold_the_chosen_frames_with_their_indices(framed_pipe, monkeypatch):
-    """Rendering frame t reads exactly the sampled earlier frames, each with its own temporal index, and the frame
-    being generated carries index t."""
-    appended, rendered = [], []
-    append_image, generate = framed_pipe.append_image, framed_pipe.generate_image_latents
+    """Rendering frame t puts exactly the sampled earlier frames into its context, each with its own temporal index
+    (read from the frame ids of the clean latent blocks the model receives), and the frame being generated carries
+    index t."""
+    history_blocks, rendered = [], []
+    forward = framed_pipe.model.forward
 
-    def record_append(cache, image, use_vae=True, use_vit=True, frame_index=None):
-        appended[-1].append(frame_index)
-        return append_image(cache, image, use_vae, use_vit, frame_index)
+    def spy(*args, **kwargs):
+        cache = kwargs.get("past_key_values")
+        if kwargs.get("frame_ids") is not None and kwargs.get("latents") is not None:
+            frames = kwargs["frame_ids"][kwargs["mm_token_type_ids"] != 0].unique().tolist()
+            if cache is not None and cache.is_read_only:
+                rendered.append(frames)
+            elif kwargs["timesteps"].abs().sum() == 0:
+                history_blocks.append(frames)
+        return forward(*args, **kwargs)
 
-    def record_render(contexts, *args, frame_index=None, **kwargs):
-        rendered.append(frame_index)
-        appended.append([])
-        return generate(contexts, *args, frame_index=frame_index, **kwargs)
-
-    monkeypatch.setattr(framed_pipe, "append_image", record_append)
-    monkeypatch.setattr(framed_pipe, "generate_image_latents", record_render)
-    original_frame_contexts = framed_pipe.frame_contexts
-
-    def frame_contexts(base, frames, index, *args):
-        appended.append([])
-        contexts, chosen = original_frame_contexts(base, frames, index, *args)
-        assert appended.pop() == chosen
-        assert contexts.cond.get_seq_length() > contexts.text_uncond.get_seq_length()
-        return contexts, chosen
-
-    monkeypatch.setattr(framed_pipe, "frame_contexts", frame_contexts)
+    monkeypatch.setattr(framed_pipe.model, "forward", spy)
     tutorial(framed_pipe, PLAN, max_history_frames=3)
-    assert rendered == list(range(7))
-
-    chosen = [history_frame_indices(t, 3) for t in range(7)]
-    assert chosen[3] == [0, 1, 2] and chosen[6] == [0, 2, 3]
+    expected = [history_frame_indices(t, 3) for t in range(7)]
+    assert rendered == [[t] for t in range(7)]  # one Euler step per frame
+    assert history_blocks == [[index] for chosen in expected for index in chosen]
+    assert expected[3] == [0, 1, 2] and expected[6] == [0, 2, 3]
 
 
 @torch.no_grad()
@@ -168,12 +161,11 @@ def test_temporal_embeddings_reach_the_visual_tokens(framed_pipe, monkeypatch):
 def test_frame_index_changes_the_generated_frame(framed_pipe):
     noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     contexts = framed_pipe.encode_context(["Draw a red house"])
-    from loom_hf.pipelines.guidance import GuidanceConfig
+    settings = DenoisingSettings(num_inference_steps=1, guidance=GuidanceConfig(scale=1.0), timestep_shift=3.0)
 
     def render(frame_index):
-        return framed_pipe.generate_image_latents(
-            contexts, 32, 32, 1, GuidanceConfig(scale=1.0), 3.0, latents=noise.clone(), frame_index=frame_index
-        )
+        job = ImageJob(contexts, (32, 32), latents=noise.clone(), frame_index=frame_index)
+        return framed_pipe.denoise([job], settings)[0]
 
     assert not torch.allclose(render(0), render(5))
 
@@ -182,9 +174,9 @@ def test_history_modes_change_the_context(framed_pipe, monkeypatch):
     lengths = {}
     original = framed_pipe.frame_contexts
 
-    def record(base, frames, index, text, budget, history):
-        contexts, chosen = original(base, frames, index, text, budget, history)
-        lengths.setdefault(history, []).append(len(chosen))
+    def record(base, frames, index, text, settings):
+        contexts, chosen = original(base, frames, index, text, settings)
+        lengths.setdefault(settings.history, []).append(len(chosen))
         return contexts, chosen
 
     monkeypatch.setattr(framed_pipe, "frame_contexts", record)
@@ -220,7 +212,7 @@ def test_generated_plan_is_parsed_and_capped(framed_pipe, monkeypatch):
         prompts.extend(item for item in inputs if isinstance(item, str))
         return original(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(framed_pipe, "generate_text", lambda *args, **kwargs: written)
+    monkeypatch.setattr(framed_pipe, "decode_texts", lambda contexts, *args: [written] * len(contexts))
     monkeypatch.setattr(framed_pipe, "encode_context", record)
     output = framed_pipe(
         ["Draw a red house"], task="interleaved", num_steps=3, num_inference_steps=1, height=32, width=32
@@ -230,20 +222,20 @@ def test_generated_plan_is_parsed_and_capped(framed_pipe, monkeypatch):
 
 
 def test_unparsable_generated_plan_is_reported(framed_pipe, monkeypatch):
-    monkeypatch.setattr(framed_pipe, "generate_text", lambda *a, **k: TextSegment(text="no steps here"))
+    monkeypatch.setattr(framed_pipe, "decode_texts", lambda contexts, *a: [TextSegment(text="no steps here")])
     with pytest.raises(ValueError, match="could not be parsed"):
         framed_pipe(["Draw a red house"], task="interleaved", num_inference_steps=1)
 
 
 def test_segments_stream_as_soon_as_they_exist(framed_pipe, monkeypatch):
     events = []
-    generate = framed_pipe.generate_image_latents
+    denoise = framed_pipe.denoise
 
     def render(*args, **kwargs):
         events.append("render")
-        return generate(*args, **kwargs)
+        return denoise(*args, **kwargs)
 
-    monkeypatch.setattr(framed_pipe, "generate_image_latents", render)
+    monkeypatch.setattr(framed_pipe, "denoise", render)
     tutorial(
         framed_pipe,
         PLAN[:2],

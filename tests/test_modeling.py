@@ -277,3 +277,13 @@ def test_packed_rows_attend_sample_by_sample(model_and_inputs, implementation):
     )
     whole_row = model(**twice, attention_mask=full_mask).last_hidden_state
     torch.testing.assert_close(whole_row, packed, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_generate_on_a_bfloat16_model_reads_float32_pixels(tiny_pipe):
+    """The processor returns float32 patches; a model converted to bfloat16 reads them in its own dtype."""
+    model = tiny_pipe.model.to(torch.bfloat16)
+    inputs = tiny_pipe.processor(images=Image.new("RGB", (32, 32), (200, 30, 30)), text="What is drawn here?")
+    assert inputs["pixel_values"].dtype == torch.float32
+    output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 3

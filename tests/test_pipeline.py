@@ -134,12 +134,29 @@ def test_callback_sees_every_step_and_can_replace_latents(tiny_pipe):
     assert torch.count_nonzero(latent) == 0
 
 
+@pytest.fixture
+def step_rows(tiny_pipe):
+    """The tiny pipeline with a record of the batch rows of every denoising forward pass (read-only cache)."""
+    rows = []
+    forward = tiny_pipe.model.forward
+
+    def recording_forward(*args, **kwargs):
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.is_read_only:
+            rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    tiny_pipe.model.forward = recording_forward
+    return tiny_pipe, rows
+
+
 @pytest.mark.parametrize(
-    ("guidance_scale", "image_guidance_scale", "forwards_per_step"), [(1.0, 2.0, 1), (4.0, 1.0, 2), (4.0, 2.0, 3)]
+    ("guidance_scale", "image_guidance_scale", "branches"), [(1.0, 2.0, 1), (4.0, 1.0, 2), (4.0, 2.0, 3)]
 )
-def test_guidance_contexts_evaluated(counted, guidance_scale, image_guidance_scale, forwards_per_step):
-    """Each step runs the conditional context, plus the text- and image-free ones only when their scale is on."""
-    pipe, calls = counted
+def test_guidance_branches_run_as_rows_of_one_forward(step_rows, guidance_scale, image_guidance_scale, branches):
+    """Each step is one forward pass whose rows are the conditional context, plus the text- and image-free ones only
+    when their scale is on."""
+    pipe, rows = step_rows
     image = Image.new("RGB", (32, 32))
     pipe(
         [image, PROMPT[0]],
@@ -147,15 +164,14 @@ def test_guidance_contexts_evaluated(counted, guidance_scale, image_guidance_sca
         guidance_scale=guidance_scale,
         image_guidance_scale=image_guidance_scale,
     )
-    context_forwards = 2 + 1 + 1  # image: latent block + ViT block; the text in the conditional and image-free caches
-    assert len(calls) == context_forwards + 2 * forwards_per_step
+    assert rows == [branches, branches]
 
 
-def test_guidance_interval_switches_guidance_off(counted):
-    pipe, calls = counted
+def test_guidance_interval_switches_guidance_off(step_rows):
+    pipe, rows = step_rows
     pipe(PROMPT, num_inference_steps=4, guidance_interval=(0.0, 0.5))
-    # Shifted σ of the 4 steps with shift 3: 1.0, 0.9, 0.75, 0.5 -> both guidance contexts only at σ = 0.5.
-    assert len(calls) == 2 + 4 + 2
+    # Shifted σ of the 4 steps with shift 3: 1.0, 0.9, 0.75, 0.5 -> the guidance branches only at σ = 0.5.
+    assert rows == [1, 1, 1, 3]
 
 
 def test_saved_pipeline_loads_offline_in_a_fresh_process(tiny_pipe, tmp_path):

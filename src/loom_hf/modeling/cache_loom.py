@@ -1,7 +1,7 @@
 """The KV cache of an interleaved context."""
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -11,19 +11,24 @@ __all__ = ["LoomCache"]
 
 
 class LoomCache(DynamicCache):
-    """A `DynamicCache` that knows BAGEL's next RoPE position and can be read without being written.
+    """A `DynamicCache` that knows BAGEL's next RoPE position and the token ids it holds, and can be read without
+    being written.
 
     * `next_position` (`[batch]` tensor): the RoPE position the next token will take. Positions do not follow the
       cache length, because a whole image block shares one position.
+    * `token_ids` (`[batch, length]`): the ids of the cached positions (image blocks hold their placeholder ids), so
+      that text decoding from a cache shows its logits processors the whole sequence.
     * [`read_only`]: inside this context, attention reads the cached keys plus the query's own keys but stores
       nothing. The noisy latents of an image being generated attend to the context this way at every denoising step.
     * [`fork`]: an independent copy that shares the cached tensors (they are never modified in place), used for the
       guidance contexts that share a prefix.
+    * [`stack`]: several single-row caches as the rows of one batch, left-padded to the longest.
     """
 
-    def __init__(self, next_position: int | torch.Tensor = 0, **kwargs):
+    def __init__(self, next_position: int | torch.Tensor = 0, token_ids: torch.Tensor | None = None, **kwargs):
         super().__init__(**kwargs)
         self.next_position = torch.as_tensor(next_position, dtype=torch.long).reshape(-1)
+        self.token_ids = token_ids
         self._read_only = False
 
     @property
@@ -47,13 +52,51 @@ class LoomCache(DynamicCache):
         layer = self.layers[layer_idx]
         return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
-    def advance(self, position_ids: torch.LongTensor) -> None:
-        """Record the positions just written: the next token goes one past the largest of each row."""
-        if not self._read_only:
-            self.next_position = position_ids.amax(dim=-1).to("cpu") + 1
+    def advance(self, position_ids: torch.LongTensor, input_ids: torch.LongTensor | None = None) -> None:
+        """Record the positions (and ids) just written: the next token goes one past the largest of each row."""
+        if self._read_only:
+            return
+        self.next_position = position_ids.amax(dim=-1) + 1
+        if input_ids is not None:
+            self.token_ids = input_ids if self.token_ids is None else torch.cat([self.token_ids, input_ids], dim=-1)
 
     def fork(self) -> "LoomCache":
         """A copy that can grow independently; cached tensors are shared, not duplicated."""
-        forked = LoomCache(next_position=self.next_position.clone())
+        forked = LoomCache(next_position=self.next_position.clone(), token_ids=self.token_ids)
         forked.layers = [copy.copy(layer) for layer in self.layers]
         return forked
+
+    @classmethod
+    def stack(cls, caches: Sequence["LoomCache"], pad_token_id: int = 0) -> tuple["LoomCache", torch.Tensor]:
+        """The single-row `caches` as one batch, left-padded to the longest; returns it with its `[batch, length]`
+        padding mask (1 for cached tokens, 0 for padding).
+
+        Left padding keeps every row's next tokens at the end, so one forward pass serves contexts of any lengths;
+        padded keys are masked out and do not move RoPE positions (each row keeps its own `next_position`).
+        """
+        lengths = [cache.get_seq_length() for cache in caches]
+        longest = max(lengths)
+        reference = next((cache for cache in caches if cache.get_seq_length() > 0), None)
+        device = reference.layers[0].keys.device if reference is not None else caches[0].next_position.device
+        mask = torch.zeros(len(caches), longest, dtype=torch.long, device=device)
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        ids = torch.full((len(caches), longest), pad_token_id, dtype=torch.long, device=device)
+        for row, (cache, length) in enumerate(zip(caches, lengths)):
+            if length and cache.token_ids is not None and cache.token_ids.shape[-1] == length:
+                ids[row, longest - length :] = cache.token_ids[0].to(device)
+        stacked = cls(next_position=torch.cat([cache.next_position.to(device) for cache in caches]), token_ids=ids)
+        if reference is None:
+            return stacked, mask
+        for layer_idx, layer in enumerate(reference.layers):
+            keys, values = [], []
+            for cache, length in zip(caches, lengths):
+                if length:
+                    row_keys, row_values = cache.layers[layer_idx].keys, cache.layers[layer_idx].values
+                else:
+                    row_keys, row_values = layer.keys[:1, :, :0], layer.values[:1, :, :0]
+                padding = (0, 0, longest - length, 0)
+                keys.append(torch.nn.functional.pad(row_keys, padding))
+                values.append(torch.nn.functional.pad(row_values, padding))
+            stacked.update(torch.cat(keys), torch.cat(values), layer_idx)
+        return stacked, mask

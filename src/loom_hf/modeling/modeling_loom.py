@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -39,6 +40,7 @@ from .packing import (
     image_block_ids,
     rope_position_ids,
 )
+from .step_cache import LoomStepCacheMixin, register_decoder_layer
 
 __all__ = [
     "LoomPreTrainedModel",
@@ -219,6 +221,9 @@ class LoomDecoderLayer(GradientCheckpointingLayer):
         return residual + hidden_states
 
 
+register_decoder_layer(LoomDecoderLayer)
+
+
 class LoomVisionEmbeddings(nn.Module):
     """Linear embedding of flattened `(patch_row, patch_col, channel)` patches plus a learned 2D position table."""
 
@@ -311,8 +316,11 @@ class LoomPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class LoomTextModel(LoomPreTrainedModel):
-    """The MoT language model: token embeddings, decoder layers and the per-expert final norms."""
+class LoomTextModel(LoomPreTrainedModel, CacheMixin):
+    """The MoT language model: token embeddings, decoder layers and the per-expert final norms.
+
+    A diffusers `CacheMixin`, so that diffusers' step-cache hooks find its `layers`; see [`LoomStepCacheMixin`].
+    """
 
     config: LoomTextConfig
     base_model_prefix = "language_model"
@@ -366,9 +374,12 @@ class LoomTextModel(LoomPreTrainedModel):
                 self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
             )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
-        if gen_mask is None:
-            gen_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
-        route = ExpertRoute.from_gen_mask(gen_mask, always_split=self.training)
+        if gen_mask is None and not self.training:
+            route = ExpertRoute(all_generation=False)  # text only: no mask to inspect
+        else:
+            if gen_mask is None:
+                gen_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+            route = ExpertRoute.from_gen_mask(gen_mask, always_split=self.training)
         hidden_states = inputs_embeds
         for layer in self.layers:
             hidden_states = layer(
@@ -486,6 +497,8 @@ class LoomModel(LoomPreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> torch.Tensor:
         """ViT tokens in the language model's space: `connector(ViT(patches)) + vit_pos_embed`."""
+        # Processors return float32 patches; a bfloat16 (or float16) model reads them in its own dtype.
+        pixel_values = pixel_values.to(self.vision_model.dtype)
         features = self.connector(self.vision_model(pixel_values, image_grid_hw))
         positions = grid_position_ids(image_grid_hw, self.config.vision_config.max_num_patches_per_side)
         return features + self.vit_pos_embed(positions).to(features.dtype)
@@ -586,14 +599,14 @@ class LoomModel(LoomPreTrainedModel):
             position_ids=position_ids,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            gen_mask=token_types == TokenType.LATENT,
+            gen_mask=None if mm_token_type_ids is None else token_types == TokenType.LATENT,
             block_ids=block_ids,
             noised=noised,
             document_ids=document_ids,
             **kwargs,
         )
         if isinstance(past_key_values, LoomCache):
-            past_key_values.advance(position_ids)
+            past_key_values.advance(position_ids, input_ids)
         return BaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             past_key_values=past_key_values,
@@ -614,11 +627,12 @@ class LoomModel(LoomPreTrainedModel):
         return inputs_embeds
 
 
-class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin):
+class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomStepCacheMixin):
     """Loom with its two heads: `lm_head` for text and `llm2vae` for the flow velocity of latent tokens.
 
     Text generation and image understanding work through the standard `generate()`; the interleaved text-image
-    loop (planning, guidance, denoising) lives in `LoomInterleavedPipeline`.
+    loop (planning, guidance, denoising) lives in `LoomInterleavedPipeline`. Denoising steps can be cached with
+    diffusers' configs: `enable_cache(TaylorSeerCacheConfig(...))` / `disable_cache()`.
     """
 
     output_modalities = ("image", "text")
@@ -718,4 +732,14 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin):
 
     def generate(self, *args, past_key_values: Cache | None = None, **kwargs):
         """Standard `generate()`, starting from a [`LoomCache`] so that positions follow BAGEL's counter."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        token_types = kwargs.get("mm_token_type_ids")
+        has_vit_positions = token_types is not None and bool((token_types == TokenType.VIT).any())
+        if input_ids is not None and past_key_values is None:
+            has_vit_positions = has_vit_positions or bool((input_ids == self.config.image_token_id).any())
+        if has_vit_positions and kwargs.get("pixel_values") is None:
+            raise ValueError(
+                "The prompt holds image positions but no `pixel_values` were given; pass the processor's whole output "
+                "(`model.generate(**processor(images=..., text=...))`)."
+            )
         return super().generate(*args, past_key_values=past_key_values or LoomCache(), **kwargs)

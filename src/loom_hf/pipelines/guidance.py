@@ -37,10 +37,8 @@ def guidance_active(sigma: float, interval: tuple[float, float]) -> bool:
 
 def _rescale(reference: torch.Tensor, guided: torch.Tensor, per_token: bool, renorm_min: float) -> torch.Tensor:
     """Shrink `guided` so its norm does not exceed that of `reference` (never below `renorm_min` of it)."""
-    if per_token:
-        ratio = reference.norm(dim=-1, keepdim=True) / (guided.norm(dim=-1, keepdim=True) + 1e-8)
-    else:
-        ratio = reference.norm() / (guided.norm() + 1e-8)
+    dims = -1 if per_token else (-2, -1)
+    ratio = reference.norm(dim=dims, keepdim=True) / (guided.norm(dim=dims, keepdim=True) + 1e-8)
     return guided * ratio.clamp(min=renorm_min, max=1.0)
 
 
@@ -53,12 +51,13 @@ def guided_velocity(
     renorm: str = "global",
     renorm_min: float = 0.0,
 ) -> torch.Tensor:
-    """Combine the velocities of the three contexts as BAGEL does, on packed `[tokens, channels]` velocities.
+    """Combine the velocities of the three contexts as BAGEL does, on packed `[..., tokens, channels]` velocities
+    (leading dims: one image each).
 
     Text guidance first, `v_t = u_text + s_text·(v − u_text)`, then image guidance on top,
     `v_ti = u_img + s_img·(v_t − u_img)`, then a renorm against the conditional velocity `v`:
 
-    * `"global"`: one ratio over all tokens and channels;
+    * `"global"`: one ratio over all tokens and channels of an image;
     * `"channel"`: one ratio per token;
     * `"text_channel"`: per token, applied to `v_t` *before* image guidance (none after).
 

@@ -76,12 +76,27 @@ class LoomPipelineOutput(BaseOutput):
     """Output of [`LoomInterleavedPipeline`].
 
     Args:
-        segments: everything the call generated, in order. A tutorial is the plan, then (step text, frame) pairs.
-        plan: the steps of a tutorial's plan (`task="interleaved"`), else `None`.
+        segments: everything the call generated, in order. A tutorial is the plan, then (step text, frame) pairs. For
+            a batch of requests: every request's segments, request after request.
+        plan: the steps of a tutorial's plan (`task="interleaved"`, one request), else `None`.
+
+    `requests` holds each request's own output, in request order (for one unbatched request: the output itself).
     """
 
     segments: list[TextSegment | ImageSegment]
     plan: list[str] | None = None
+    _batch = None  # the requests of a batched call (not a field: it is not part of the tuple form)
+
+    @classmethod
+    def of_batch(cls, requests: list["LoomPipelineOutput"]) -> "LoomPipelineOutput":
+        """One output over several requests: flat segments in request order, each request kept in `requests`."""
+        output = cls(segments=[segment for request in requests for segment in request.segments], plan=None)
+        output._batch = list(requests)
+        return output
+
+    @property
+    def requests(self) -> list["LoomPipelineOutput"]:
+        return self._batch if self._batch is not None else [self]
 
     @property
     def images(self) -> list:
@@ -92,8 +107,21 @@ class LoomPipelineOutput(BaseOutput):
         return [segment.text for segment in self.segments if isinstance(segment, TextSegment)]
 
     def save(self, directory: str | os.PathLike, title: str = "Tutorial") -> Path:
-        """Write the images (`frame_01.png`, ...), `tutorial.md` and a self-contained `tutorial.html`."""
+        """Write the images (`frame_01.png`, ...), `tutorial.md` and a self-contained `tutorial.html`; a batch writes
+        one `request_01/`, `request_02/`, ... folder per request."""
         directory = Path(directory)
+        if not self.segments:
+            raise ValueError("Nothing to save: the output holds no segments.")
+        for segment in self.segments:
+            if isinstance(segment, ImageSegment):
+                _as_pil(segment.image)  # refuse latent outputs before anything is written
+        if self._batch is not None:
+            for index, request in enumerate(self.requests, start=1):
+                request.save(directory / f"request_{index:02d}", title=title)
+            return directory
+        return self._save_one(directory, title)
+
+    def _save_one(self, directory: Path, title: str) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         markdown, page = [f"# {title}", ""], []
         pending_text: list[str] = []

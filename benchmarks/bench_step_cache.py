@@ -1,0 +1,98 @@
+"""Denoising-step caching on the embedded default model: speed and frame similarity against the uncached tutorial.
+
+    python benchmarks/bench_step_cache.py [--steps 40] [--repeats 3] [--threads 2]
+
+Each setting renders the same tutorial as `loom generate "Draw a red house"` (the model writes its plan, then the
+frames; seed 0, text guidance 4.0, image guidance 2.0) at `--steps` Euler steps per frame. Runs alternate with the
+uncached one in one process; the speedup is the median over repeats of (uncached time / cached time) for the whole
+call, planning included. SSIM compares each frame with the uncached frame of the same step (mean and minimum).
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+from loom_hf import DEFAULT_MODEL, LoomInterleavedPipeline
+from loom_hf.evaluation.metrics import ssim
+
+SETTINGS = {
+    "TaylorSeer interval 2, warm-up 4, order 1": TaylorSeerCacheConfig(
+        cache_interval=2, disable_cache_before_step=4, max_order=1, taylor_factors_dtype=torch.float32
+    ),
+    "TaylorSeer interval 3, warm-up 4, order 1": TaylorSeerCacheConfig(
+        cache_interval=3, disable_cache_before_step=4, max_order=1, taylor_factors_dtype=torch.float32
+    ),
+    "TaylorSeer interval 4, warm-up 4, order 2": TaylorSeerCacheConfig(
+        cache_interval=4, disable_cache_before_step=4, max_order=2, taylor_factors_dtype=torch.float32
+    ),
+    "TaylorSeer interval 5, warm-up 4, order 2": TaylorSeerCacheConfig(
+        cache_interval=5, disable_cache_before_step=4, max_order=2, taylor_factors_dtype=torch.float32
+    ),
+    "First Block Cache threshold 0.05": FirstBlockCacheConfig(threshold=0.05),
+    "First Block Cache threshold 0.2": FirstBlockCacheConfig(threshold=0.2),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prompt", default="Draw a red house")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = LoomInterleavedPipeline.from_pretrained(DEFAULT_MODEL, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+
+    def tutorial():
+        start = time.perf_counter()
+        output = pipe(
+            [args.prompt],
+            task="interleaved",
+            num_inference_steps=args.steps,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return time.perf_counter() - start, output
+
+    _, reference = tutorial()
+    print(json.dumps({"plan": reference.plan, "frames": len(reference.images), "steps": args.steps}))
+    rows = []
+    for name, config in SETTINGS.items():
+        uncached_times, cached_times = [], []
+        for _ in range(args.repeats):
+            elapsed, _ = tutorial()
+            uncached_times.append(elapsed)
+            pipe.model.enable_cache(config)
+            try:
+                elapsed, cached = tutorial()
+            finally:
+                pipe.model.disable_cache()
+            cached_times.append(elapsed)
+        scores = [ssim(mine, theirs) for mine, theirs in zip(cached.images, reference.images)]
+        ratios = [u / c for u, c in zip(uncached_times, cached_times)]
+        row = {
+            "setting": name,
+            "speedup": round(statistics.median(ratios), 2),
+            "range": [round(min(ratios), 2), round(max(ratios), 2)],
+            "uncached_s": round(statistics.median(uncached_times), 2),
+            "cached_s": round(statistics.median(cached_times), 2),
+            "ssim_mean": round(statistics.mean(scores), 3),
+            "ssim_min": round(min(scores), 3),
+            "same_plan": cached.plan == reference.plan,
+        }
+        rows.append(row)
+        print(json.dumps({"threads": args.threads, **row}))
+    print("\n| setting | speedup (range) | frame SSIM mean / min |\n| --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['setting']} | {row['speedup']}× ({row['range'][0]}–{row['range'][1]}) | "
+            f"{row['ssim_mean']} / {row['ssim_min']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
