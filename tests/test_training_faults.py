@@ -10,7 +10,7 @@ from transformers import HfArgumentParser, TrainerCallback
 
 from loom_hf.data import build_dataset
 from loom_hf.tiny import tiny_pipeline
-from loom_hf.trainers import LoomDataCollator, LoomTrainer, LoomTrainingArguments, LoomTrainingDataset
+from loom_hf.trainers import LoomTrainer, LoomTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")
@@ -36,34 +36,15 @@ def rows():
 
 @pytest.fixture
 def pipe():
-    pipe = tiny_pipeline(seed=0, max_frames=8)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline(seed=0, max_frames=8)
 
 
 def make_trainer(pipe, rows, output_dir: Path, **overrides) -> LoomTrainer:
-    collator = LoomDataCollator(pipe.processor)
-    arguments = {
-        "output_dir": str(output_dir),
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "report_to": [],
-        "use_cpu": True,
-        "save_strategy": "steps",
-        "save_steps": 1,
-        "logging_steps": 1,
-        "max_tokens_per_batch": 1024,
-        **overrides,
-    }
-    dataset = LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8)
-    return LoomTrainer(
-        model=pipe.model,
-        args=LoomTrainingArguments(**arguments),
-        vae=pipe.vae,
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=pipe.processor,
-    )
+    """`test_trainer.make_trainer` saving and logging every step, two steps by default."""
+    from .test_trainer import make_trainer as make
+
+    settings = {"max_steps": 2, "learning_rate": 1e-3, "save_strategy": "steps", "save_steps": 1, "logging_steps": 1}
+    return make(pipe, rows, output_dir, **{**settings, **overrides})
 
 
 # ---------------------------------------------------------------- numbers
