@@ -31,10 +31,12 @@ from loom_hf.trainers import (
     convert_loom_parquet,
     select_trainable_parameters,
 )
+from loom_hf.trainers.checkpoint import check_checkpoint
 from loom_hf.trainers.latent_cache import cache_latents
 from loom_hf.trainers.lora import LORA_TARGETS, lora_config
 
 logger = logging.getLogger("train_sft")
+DATASET_FORMATS = ("schema", "loom_parquet")
 
 
 @dataclass
@@ -48,6 +50,16 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
     lora_targets: str = field(default="generation", metadata={"help": f"LoRA targets: {' | '.join(LORA_TARGETS)}."})
 
+    def __post_init__(self):
+        if self.lora_rank < 0:
+            raise ValueError(f"--lora_rank must be >= 0 (0: train full weights); got {self.lora_rank}.")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha must be > 0; got {self.lora_alpha}.")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"--lora_targets must be one of {', '.join(LORA_TARGETS)}; got {self.lora_targets!r}.")
+        if self.max_frames < 0:
+            raise ValueError(f"--max_frames must be >= 0 (0: no frame table); got {self.max_frames}.")
+
 
 @dataclass
 class DataArguments:
@@ -55,6 +67,12 @@ class DataArguments:
     split: str = field(default="train", metadata={"help": "Split of a DatasetDict folder."})
     dataset_format: str = field(default="schema", metadata={"help": "schema | loom_parquet."})
     cache_latents: bool = field(default=False, metadata={"help": "Encode every image once before training."})
+
+    def __post_init__(self):
+        if self.dataset_format not in DATASET_FORMATS:
+            raise ValueError(
+                f"--dataset_format must be one of {', '.join(DATASET_FORMATS)}; got {self.dataset_format!r}."
+            )
 
 
 def load_pipeline(model_args: ModelArguments, dtype: torch.dtype) -> LoomInterleavedPipeline:
@@ -70,19 +88,36 @@ def load_pipeline(model_args: ModelArguments, dtype: torch.dtype) -> LoomInterle
     return LoomInterleavedPipeline.from_pretrained(model_args.model_name_or_path, dtype=dtype)
 
 
-def load_dataset(data_args: DataArguments) -> datasets.Dataset:
+def load_dataset(data_args: DataArguments, on_error: str) -> datasets.Dataset:
+    """The training rows; a missing or unreadable folder, an unknown split or no rows at all name the dataset."""
     if data_args.dataset_format == "loom_parquet":
-        return convert_loom_parquet(data_args.dataset, on_error="skip")
-    if data_args.dataset_format != "schema":
-        raise ValueError(f"--dataset_format must be schema or loom_parquet; got {data_args.dataset_format!r}.")
-    loaded = datasets.load_from_disk(data_args.dataset)
-    return loaded[data_args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        rows = convert_loom_parquet(data_args.dataset, on_error=on_error)
+    else:
+        try:
+            loaded = datasets.load_from_disk(data_args.dataset)
+        except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+            raise ValueError(
+                f"--dataset {data_args.dataset!r} is not a readable save_to_disk folder: {error}"
+            ) from error
+        if isinstance(loaded, datasets.DatasetDict):
+            if data_args.split not in loaded:
+                held = ", ".join(loaded)
+                raise ValueError(
+                    f"--split {data_args.split!r} is not in --dataset {data_args.dataset!r}; it holds {held}."
+                )
+            loaded = loaded[data_args.split]
+        rows = loaded
+    if len(rows) == 0:
+        raise ValueError(f"--dataset {data_args.dataset!r} (split {data_args.split!r}) holds no rows.")
+    return rows
 
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, LoomTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if training_args.resume_from_checkpoint:
+        check_checkpoint(training_args.resume_from_checkpoint, fresh_optimizer=training_args.fresh_optimizer)
     set_seed(training_args.seed)
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
@@ -104,11 +139,15 @@ def main() -> None:
         packing=training_args.packing,
         use_frames=model.config.max_frames > 0,
     )
-    rows = load_dataset(data_args)
+    rows = load_dataset(data_args, training_args.on_bad_sample)
     if data_args.cache_latents:
         with training_args.main_process_first(desc="caching latents"):
             rows = cache_latents(
-                rows, pipe.vae.to(training_args.device), pipe.processor, model.config.latent_patch_size
+                rows,
+                pipe.vae.to(training_args.device),
+                pipe.processor,
+                model.config.latent_patch_size,
+                on_error=training_args.on_bad_sample,
             )
     train_dataset = LoomTrainingDataset(
         rows,
@@ -119,6 +158,7 @@ def main() -> None:
         max_frames=model.config.max_frames,
         on_error=training_args.on_bad_sample,
         use_step_text=training_args.use_step_text,
+        seed=training_args.seed,
     )
     trainer = LoomTrainer(
         model=model,

@@ -3,8 +3,10 @@
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from loom_hf import LoomInterleavedPipeline, TokenType
+from loom_hf import TokenType
 from loom_hf.data import build_dataset
 from loom_hf.modeling.packing import create_loom_attention_mask, history_frame_indices, pack_latents
 from loom_hf.tiny import tiny_pipeline
@@ -402,17 +404,51 @@ def test_expert_selection(pipe):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_ema_weights_are_kept_and_saved(pipe, rows, tmp_path):
-    trainer = make_trainer(pipe, rows, tmp_path, max_steps=3, ema_decay=0.5, save_strategy="steps", save_steps=3)
+class _RecordTrainable(TrainerCallback):
+    """A copy of the trainable weights after every optimizer step."""
+
+    def __init__(self, model):
+        self.model, self.history = model, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.history.append([p.detach().clone() for p in self.model.parameters() if p.requires_grad])
+
+
+def test_ema_follows_the_decay_formula_and_is_saved_whole(pipe, rows, tmp_path):
+    """After n optimizer steps the EMA is e_n = d_n·e_(n-1) + (1 - d_n)·p_n with diffusers' warm-up decay
+    d_n = min(decay, (1 + s) / (10 + s)), s = n - 1 (d_1 = 0: e_1 = p_1); checkpoints keep it with its step count."""
+    decay = 0.2  # below the warm-up value from step 3 on, so both branches of the min take part
+    trainer = make_trainer(pipe, rows, tmp_path, max_steps=4, ema_decay=decay, save_strategy="steps", save_steps=4)
+    recorder = _RecordTrainable(pipe.model)
+    trainer.add_callback(recorder)
     trainer.train()
-    assert (tmp_path / "checkpoint-3" / "ema.safetensors").is_file()
-    trainer.save_ema_model(str(tmp_path / "ema"))
-    ema = LoomInterleavedPipeline  # noqa: F841 - the saved folder is a plain model folder
+
+    expected = None
+    for n, live in enumerate(recorder.history, start=1):
+        step = n - 1
+        d = 0.0 if step == 0 else min(decay, (1 + step) / (10 + step))
+        expected = live if expected is None else [d * e + (1 - d) * p for e, p in zip(expected, live)]
+    assert len(recorder.history) == 4 and trainer.ema.optimization_step == 4
+    for shadow, value in zip(trainer.ema.shadow_params, expected):
+        torch.testing.assert_close(shadow, value, rtol=0, atol=1e-6)
+    assert any(
+        not torch.allclose(shadow, live) for shadow, live in zip(trainer.ema.shadow_params, recorder.history[-1])
+    )
+
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoint-4" / "ema.safetensors"), framework="pt") as saved:
+        assert json.loads(saved.metadata()["ema_state"])["optimization_step"] == 4
+        names = [name for name, p in pipe.model.named_parameters() if p.requires_grad]
+        for name, shadow in zip(names, trainer.ema.shadow_params):
+            assert torch.equal(saved.get_tensor(name), shadow)
+
     from loom_hf import LoomForInterleavedGeneration
 
-    averaged = LoomForInterleavedGeneration.from_pretrained(tmp_path / "ema")
-    live = pipe.model.state_dict()
-    assert any(not torch.equal(averaged.state_dict()[k], live[k]) for k in live)
+    trainer.save_ema_model(str(tmp_path / "ema"))
+    averaged = LoomForInterleavedGeneration.from_pretrained(tmp_path / "ema").state_dict()
+    for name, shadow in zip(names, trainer.ema.shadow_params):
+        assert torch.equal(averaged[name], shadow)
 
 
 def test_lora_adapter_saves_reloads_merges_and_runs_in_the_pipeline(pipe, tmp_path):
@@ -461,10 +497,10 @@ def test_fsdp2_step_on_two_processes_matches_one_unsharded_step(tmp_path):
 
 
 def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
-    """`accelerate launch` with two CPU processes: both losses logged, checkpoints written, resume continues."""
+    """`accelerate launch` with two CPU processes: both losses logged, checkpoints written; a second launch resumed
+    from checkpoint 2 runs only steps 3-4 and logs exactly the uninterrupted run's losses."""
     data = tmp_path / "data"
     rows.save_to_disk(str(data))
-    output = tmp_path / "run"
     command = [
         sys.executable,
         "-m",
@@ -477,8 +513,6 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
         "8",
         "--dataset",
         str(data),
-        "--output_dir",
-        str(output),
         "--use_cpu",
         "--logging_steps",
         "1",
@@ -490,28 +524,73 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
         "none",
         "--seed",
         "0",
+        "--max_steps",
+        "4",
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([*command, "--max_steps", "2"], capture_output=True, text=True, env=environment)
+    output, resumed_output = tmp_path / "run", tmp_path / "resumed"
+    first = subprocess.run([*command, "--output_dir", str(output)], capture_output=True, text=True, env=environment)
     assert first.returncode == 0, first.stderr[-3000:]
-    state = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and state["epoch"] > 0
+    state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "loss" in entry]
-    assert all("ce_loss" in entry and "mse_loss" in entry for entry in logged) and len(logged) == 2
+    assert [entry["step"] for entry in logged] == [1, 2, 3, 4] and state["epoch"] > 0
+    assert all("ce_loss" in entry and "mse_loss" in entry for entry in logged)
     assert (output / "pipeline" / "model_index.json").is_file()
 
     resumed = subprocess.run(
-        [*command, "--max_steps", "4", "--resume_from_checkpoint", str(output / "checkpoint-2")],
+        [*command, "--output_dir", str(resumed_output), "--resume_from_checkpoint", str(output / "checkpoint-2")],
         capture_output=True,
         text=True,
         env=environment,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
-    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
-    assert state["global_step"] == 4 and steps == [1, 2, 3, 4]
-    # World size 2: each optimizer step consumes two batches, so the epoch advances twice as fast.
-    assert "Resuming" in resumed.stderr or "resum" in resumed.stderr.lower() or steps[-1] == 4
+    assert not (resumed_output / "checkpoint-2").exists()  # steps 1-2 were not run again
+    state = json.loads((resumed_output / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [entry for entry in state["log_history"] if "loss" in entry] == logged
+
+
+def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+    """A run killed with SIGKILL after step 5 and resumed from its last checkpoint (step 4) runs only steps 5-7 and
+    logs the uninterrupted run's per-step losses exactly, ending with the same weights and EMA, bit for bit."""
+    worker = [sys.executable, str(REPO / "tests" / "resume_worker.py")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run([*worker, str(tmp_path / "reference")], capture_output=True, text=True, env=environment)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run = tmp_path / "run"
+    killed = subprocess.Popen(
+        [*worker, str(run), "--pause-after", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment
+    )
+    deadline = time.monotonic() + 600
+    while not (run / "paused").is_file():
+        assert killed.poll() is None, killed.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 5"
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    killed.stderr.close()
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    resumed = subprocess.run(
+        [*worker, str(run), "--resume", str(run / "checkpoint-4")], capture_output=True, text=True, env=environment
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = json.loads((tmp_path / "reference" / "result.json").read_text())
+    actual = json.loads((run / "result.json").read_text())
+    assert actual["executed_steps"] == [5, 6, 7] and expected["executed_steps"] == list(range(1, 8))
+    fields = ("step", "loss", "ce_loss", "mse_loss", "grad_norm", "learning_rate")
+    assert [[entry[f] for f in fields] for entry in actual["log"]] == [
+        [entry[f] for f in fields] for entry in expected["log"]
+    ]
+    assert actual["ema_optimization_step"] == expected["ema_optimization_step"] == 7
+    from safetensors.torch import load_file
+
+    final, reference_final = (
+        load_file(run / "final.safetensors"),
+        load_file(tmp_path / "reference" / "final.safetensors"),
+    )
+    assert final.keys() == reference_final.keys() and any(key.startswith("ema.") for key in final)
+    assert all(torch.equal(final[key], reference_final[key]) for key in final)
 
 
 def test_instances_without_step_text():

@@ -6,29 +6,46 @@ from pathlib import Path
 
 import torch
 
-from .utils import written_atomically
+from .utils import (
+    check_output_folder,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    written_atomically,
+)
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _image_size(values: list[str]) -> tuple[int, int, int]:
-    return tuple(int(v) for v in values)
+def _shard_size(text: str) -> str:
+    """argparse type: a size transformers' `save_pretrained` reads (`5GB`, `500MB`)."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        convert_file_size_to_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 5GB or 500MB, got {text!r}") from None
+    return text
 
 
 def convert_bagel(args: argparse.Namespace) -> int:
     """Write the release as a pipeline folder: first into a temporary sibling, renamed into place at the end."""
+    from .modeling.convert_bagel import check_release_folder
     from .pipelines import LoomInterleavedPipeline
 
-    destination = Path(args.dst)
-    if destination.exists() and not args.overwrite:
-        raise SystemExit(f"error: destination {str(destination)!r} exists; pass --overwrite to replace it.")
-    pipe = LoomInterleavedPipeline.from_bagel(
-        args.src,
-        vae_image_size=_image_size(args.vae_image_size),
-        vit_image_size=_image_size(args.vit_image_size),
-        dtype=DTYPES[args.dtype],
-        timestep_shift=args.timestep_shift,
-    )
+    try:
+        check_release_folder(args.src)
+        destination = check_output_folder(args.dst, option="dst", overwrite=args.overwrite, inputs=[args.src])
+        pipe = LoomInterleavedPipeline.from_bagel(
+            args.src,
+            vae_image_size=tuple(args.vae_image_size),
+            vit_image_size=tuple(args.vit_image_size),
+            dtype=DTYPES[args.dtype],
+            timestep_shift=args.timestep_shift,
+        )
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
     with written_atomically(destination) as staging:
         pipe.save_pretrained(staging, max_shard_size=args.max_shard_size)
     print(f"Wrote {destination}")
@@ -37,16 +54,19 @@ def convert_bagel(args: argparse.Namespace) -> int:
 
 def generate(args: argparse.Namespace) -> int:
     """Write a plan-first tutorial (frames, tutorial.md, tutorial.html) for a prompt."""
-    from PIL import Image
-
     from . import DEFAULT_MODEL
     from .pipelines import LoomInterleavedPipeline
 
     model = args.model or DEFAULT_MODEL
     if not (Path(model) / "model_index.json").is_file():
         raise SystemExit(f"error: {model!r} is not a saved LoomInterleavedPipeline folder.")
+    output_dir = Path(args.output_dir)
+    try:
+        check_output_folder(output_dir, option="--output-dir", overwrite=True, inputs=[model])
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    images = [_read_image(path, output_dir) for path in args.image]
     pipe = LoomInterleavedPipeline.from_pretrained(model, dtype=torch.float32)
-    images = [Image.open(path) for path in args.image]
     output = pipe(
         [*images, args.prompt],
         task="interleaved",
@@ -65,6 +85,21 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_image(path: str, output_dir: Path):
+    """An `--image` decoded now, so a missing or truncated file (or one the output would overwrite) stops the command
+    before the model is loaded."""
+    from PIL import Image
+
+    if Path(path).resolve().is_relative_to(output_dir.resolve()):
+        raise SystemExit(f"error: --image {path!r} lies inside --output-dir {str(output_dir)!r}, which is rewritten.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL raises these for missing, unknown and broken files
+        raise SystemExit(f"error: --image {path!r} cannot be read: {error}") from error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,11 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert-bagel", help="Convert an official BAGEL release folder to a pipeline.")
     convert.add_argument("src", help="release folder (llm_config.json, vit_config.json, ema/ae.safetensors, tokenizer)")
     convert.add_argument("dst", help="output folder (written atomically)")
-    convert.add_argument("--vae-image-size", nargs=3, default=["1024", "512", "16"], metavar=("MAX", "MIN", "STRIDE"))
-    convert.add_argument("--vit-image-size", nargs=3, default=["980", "224", "14"], metavar=("MAX", "MIN", "STRIDE"))
+    sizes = {"nargs": 3, "type": positive_int, "metavar": ("MAX", "MIN", "STRIDE")}
+    convert.add_argument("--vae-image-size", default=[1024, 512, 16], **sizes)
+    convert.add_argument("--vit-image-size", default=[980, 224, 14], **sizes)
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype (auto: as stored)")
-    convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    convert.add_argument("--timestep-shift", type=float, default=3.0, help="default sampling shift (BAGEL: 3.0)")
+    convert.add_argument("--max-shard-size", type=_shard_size, default="5GB", help="largest safetensors shard (5GB)")
+    convert.add_argument("--timestep-shift", type=positive_float, default=3.0, help="default sampling shift (3.0)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     convert.set_defaults(handler=convert_bagel)
 
@@ -85,14 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--output-dir", required=True, help="where the frames and tutorial.md/html are written")
     tutorial.add_argument("--model", help="a saved LoomInterleavedPipeline folder (default: loom_hf.DEFAULT_MODEL)")
     tutorial.add_argument("--image", action="append", default=[], help="input image(s), read before the prompt")
-    tutorial.add_argument("--num-steps", type=int, help="at most this many steps (default: the model decides)")
+    tutorial.add_argument("--num-steps", type=positive_int, help="at most this many steps (default: the model decides)")
     tutorial.add_argument("--plan-step", action="append", default=[], help="render this plan instead (repeat per step)")
-    tutorial.add_argument("--steps", type=int, default=20, help="denoising steps per frame (default 20)")
-    tutorial.add_argument("--guidance-scale", type=float, default=4.0, help="text guidance scale (default 4.0)")
-    tutorial.add_argument("--image-guidance-scale", type=float, default=2.0, help="image guidance scale (default 2.0)")
-    tutorial.add_argument("--max-history-frames", type=int, default=4, help="earlier frames shown per frame")
+    tutorial.add_argument("--steps", type=positive_int, default=20, help="denoising steps per frame (default 20)")
+    tutorial.add_argument("--guidance-scale", type=finite_float, default=4.0, help="text guidance scale (default 4.0)")
+    tutorial.add_argument("--image-guidance-scale", type=finite_float, default=2.0, help="image guidance scale (2.0)")
+    tutorial.add_argument("--max-history-frames", type=non_negative_int, default=4, help="earlier frames per frame")
     tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")
-    tutorial.add_argument("--seed", type=int, default=0)
+    tutorial.add_argument("--seed", type=non_negative_int, default=0)
     tutorial.set_defaults(handler=generate)
 
     from .data import add_synth_arguments

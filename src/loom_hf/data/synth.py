@@ -23,7 +23,7 @@ import PIL.Image
 
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..trainers.schema import LOOM_FEATURES
-from ..utils import written_atomically
+from ..utils import check_output_folder, positive_int, written_atomically
 from .masks import mask_bbox, mask_to_rle
 from .painter import BACKGROUNDS, COLOURS, FULL_BOX, RGB, WHITE, Box, Painter, Part, Rendering, fit_box, render_parts
 from .procedures import PROCEDURES
@@ -489,9 +489,7 @@ def synthesize(out_dir: str | Path, num_samples: int, seed: int, size: int = 64,
     Write [`build_dataset`] to `out_dir` with `save_to_disk`: first into a temporary sibling folder, renamed into
     place at the end, so an interrupted run never leaves a half-written dataset. Returns `out_dir`.
     """
-    destination = Path(out_dir)
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"out_dir {str(destination)!r} exists; pass overwrite=True (--overwrite) to replace it")
+    destination = check_output_folder(out_dir, option="out_dir (--out)", overwrite=overwrite)
     dataset = build_dataset(num_samples, seed, size)
     with written_atomically(destination) as staging:
         dataset.save_to_disk(str(staging))
@@ -501,7 +499,7 @@ def synthesize(out_dir: str | Path, num_samples: int, seed: int, size: int = 64,
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of `loom data synth` to `parser` and make [`run_synth`] its handler."""
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--num-samples", type=int, required=True, help="train rows (eval: max(8, N // 10))")
+    parser.add_argument("--num-samples", type=positive_int, required=True, help="train rows (eval: max(8, N // 10))")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--size", type=int, default=64, help=f"image side in pixels, {MIN_SIZE}-{MAX_SIZE} (default 64)"
@@ -515,7 +513,7 @@ def run_synth(args: argparse.Namespace) -> int:
     """Handler of `loom data synth`: write the dataset and report where."""
     try:
         path = synthesize(args.out, args.num_samples, args.seed, args.size, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as error:
+    except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     print(f"Wrote {path}")
     return 0

@@ -23,6 +23,7 @@ import torch
 from ..data import rle_to_mask
 from ..modeling.packing import HISTORY_MODES
 from ..pipelines import LoomInterleavedPipeline
+from ..utils import check_output_file, check_output_folder, finite_float, non_negative_int, positive_int
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge
 from .metrics import plan_exact_match, psnr, ssim, step_fidelity, temporal_coherence
 
@@ -259,24 +260,24 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--model", required=True, help="saved LoomInterleavedPipeline folder (save_pretrained)")
     parser.add_argument("--data", required=True, help="dataset folder written by save_to_disk (e.g. loom data synth)")
     parser.add_argument("--split", default="eval", help="split of a DatasetDict folder (default eval)")
-    parser.add_argument("--num-samples", type=int, default=None, help="evaluate the first N tutorials (default all)")
+    parser.add_argument("--num-samples", type=positive_int, default=None, help="evaluate the first N tutorials (all)")
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=DEFAULT_NUM_INFERENCE_STEPS,
         help=f"denoising steps per frame (default {DEFAULT_NUM_INFERENCE_STEPS})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
-    parser.add_argument("--max-new-tokens", type=int, default=500, help="longest plan the model may write (500)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="text guidance scale (default 4.0)")
-    parser.add_argument("--image-guidance-scale", type=float, default=2.0, help="image guidance scale (default 2.0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first sample; sample i: seed + i")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=500, help="longest plan the model may write")
+    parser.add_argument("--guidance-scale", type=finite_float, default=4.0, help="text guidance scale (default 4.0)")
+    parser.add_argument("--image-guidance-scale", type=finite_float, default=2.0, help="image guidance scale (2.0)")
     parser.add_argument(
         "--history",
         choices=HISTORY_MODES,
         default="sparse",
         help="earlier frames shown when rendering a frame (default sparse; `none` for the w/o-history ablation)",
     )
-    parser.add_argument("--max-history-frames", type=int, default=4, help="history budget K_max (default 4)")
+    parser.add_argument("--max-history-frames", type=non_negative_int, default=4, help="history budget K_max (4)")
     parser.add_argument(
         "--no-step-text",
         dest="use_step_text",
@@ -310,16 +311,22 @@ def run_eval(args: argparse.Namespace) -> int:
     """Handler of `loom eval`: evaluate the saved pipeline, print the JSON report and write it to `--report`."""
     if (args.judge_url is None) != (args.judge_model is None):
         raise SystemExit("error: --judge-url and --judge-model must be given together.")
+    judge = None
     try:
+        if args.report is not None:
+            check_output_file(args.report, option="--report")
+        if args.output_dir is not None:
+            check_output_folder(args.output_dir, option="--output-dir", overwrite=True, inputs=[args.model, args.data])
+        if args.judge_url is not None:
+            api_key = os.environ.get(JUDGE_API_KEY_VARIABLE)
+            judge = OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key=api_key)
+            judge.check_reachable()
         dataset = _load_split(args.data, args.split)
         pipe = LoomInterleavedPipeline.from_pretrained(args.model)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.set_progress_bar_config(disable=True)
-    judge = None
-    if args.judge_url is not None:
-        judge = OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key=os.environ.get(JUDGE_API_KEY_VARIABLE))
     try:
         report = evaluate_tutorials(
             pipe,

@@ -201,6 +201,19 @@ class OpenAICompatibleJudge:
         self.api_key = api_key
         self.timeout = timeout
 
+    def check_reachable(self) -> None:
+        """Raise a `ConnectionError` naming the URL when no server answers at `base_url` (checked before an evaluation
+        spends its time generating). Any HTTP answer, an error status included, shows a server is there."""
+        root = self.url.removesuffix("/chat/completions")
+        try:
+            with urllib.request.urlopen(f"{root}/models", timeout=self.timeout):
+                pass
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ConnectionError(f"The judge server at {root!r} cannot be reached: {reason}.") from error
+
     def request_body(self, instruction: str, steps: Sequence[str], frames: Sequence[PIL.Image.Image]) -> dict:
         """The JSON body of one judgement: the protocol's messages, decoded greedily (temperature 0)."""
         return {"model": self.model, "messages": build_judge_messages(instruction, steps, frames), "temperature": 0}

@@ -18,7 +18,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig
 
@@ -62,6 +62,40 @@ KEY_RENAMES = (
 )
 POSITION_TABLES = ("vit_pos_embed.pos_embed", "latent_pos_embed.pos_embed")
 FRAME_TABLE = "model.frame_embed.weight"
+# Config fields the conversion cannot default: they fix the weights' shapes.
+REQUIRED_FIELDS = {
+    "llm_config.json": (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+    ),
+    "vit_config.json": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size"),
+}
+
+
+def _read_config(path: Path) -> dict:
+    """A release JSON config; unreadable JSON, a non-object or a missing shape field raises an error naming the file."""
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"The release file {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"The release file {str(path)!r} must hold a JSON object; got {type(raw).__name__}.")
+    missing = [name for name in REQUIRED_FIELDS.get(path.name, ()) if name not in raw]
+    if missing:
+        raise ValueError(f"The release file {str(path)!r} lacks the field(s) {', '.join(missing)}.")
+    return raw
+
+
+def _open_safetensors(path: Path):
+    """`safe_open(path)`, with a truncated or corrupted file named in the error."""
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as error:
+        raise ValueError(f"The release file {str(path)!r} is not a readable safetensors file: {error}") from error
 
 
 def check_release_folder(release_dir: str | os.PathLike) -> Path:
@@ -90,7 +124,7 @@ def _square_side(rows: int, name: str) -> int:
 
 
 def _build_text_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> LoomTextConfig:
-    raw = json.loads((path / "llm_config.json").read_text())
+    raw = _read_config(path / "llm_config.json")
     fields = {k: v for k, v in raw.items() if k in LoomTextConfig.__dataclass_fields__ or k == "rope_theta"}
     fields.update(qk_norm=True, tie_word_embeddings=False)
     config = LoomTextConfig(**fields)
@@ -101,7 +135,7 @@ def _build_text_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> LoomTe
 
 
 def _build_vision_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> LoomVisionConfig:
-    raw = json.loads((path / "vit_config.json").read_text())
+    raw = _read_config(path / "vit_config.json")
     fields = {k: v for k, v in raw.items() if k in LoomVisionConfig.__dataclass_fields__ and k != "model_type"}
     layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"vit_model\..*\.layers\.(\d+)\.", k)))
     if layers != fields.get("num_hidden_layers", layers) - 1:
@@ -132,7 +166,7 @@ def _load_model(path: Path, config: LoomConfig, dtype: torch.dtype | None) -> Lo
     with init_empty_weights(include_buffers=False):
         model = LoomForInterleavedGeneration(config)
     state = {}
-    with safe_open(path / "ema.safetensors", framework="pt") as release:
+    with _open_safetensors(path / "ema.safetensors") as release:
         for key in release.keys():
             tensor = release.get_tensor(key)
             if dtype is not None:
@@ -191,9 +225,12 @@ def _vae_diffusers_config(ae: dict) -> dict:
 def _load_vae(path: Path, dtype: torch.dtype | None) -> tuple[AutoencoderKL, dict]:
     """The FLUX autoencoder of the release as a diffusers `AutoencoderKL` (BFL keys converted)."""
     config_file = path / "ae_config.json"
-    ae = {**FLUX_AE_DEFAULTS, **(json.loads(config_file.read_text()) if config_file.is_file() else {})}
+    ae = {**FLUX_AE_DEFAULTS, **(_read_config(config_file) if config_file.is_file() else {})}
     config = _vae_diffusers_config(ae)
-    checkpoint = load_file(path / "ae.safetensors")
+    try:
+        checkpoint = load_file(path / "ae.safetensors")
+    except SafetensorError as error:
+        raise ValueError(f"The release file {str(path / 'ae.safetensors')!r} is not readable: {error}") from error
     converted = convert_ldm_vae_checkpoint(checkpoint, config)
     if len(converted) != len(checkpoint):
         raise ValueError(f"ae.safetensors has {len(checkpoint)} tensors but only {len(converted)} were converted.")
@@ -222,7 +259,7 @@ def load_bagel_release(
         entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
     """
     path = check_release_folder(release_dir)
-    with safe_open(path / "ema.safetensors", framework="pt") as release:
+    with _open_safetensors(path / "ema.safetensors") as release:
         shapes = {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
     missing_heads = [k for k in ("vae2llm.weight", "latent_pos_embed.pos_embed") if k not in shapes]
     if missing_heads:

@@ -8,10 +8,40 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 __all__ = ["LoomImageProcessor", "to_rgb"]
 
 ImageSize = tuple[int, int, int]  # (max side, min side, stride)
+# Full-scale value of the high-depth grayscale modes, which PIL's own conversion clips to 0-255 instead of rescaling:
+# 16-bit integers (also in the 32-bit "I" mode, the one PIL opens 16-bit PNG and TIFF files into) and floats in [0, 1].
+HIGH_DEPTH_FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def _decoded(image: Image.Image) -> Image.Image:
+    """`image` with its pixels loaded; an empty, truncated or undecodable image raises a `ValueError` naming it."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"Expected a PIL image; got {type(image).__name__}.")
+    source = f" {image.filename!r}" if getattr(image, "filename", "") else ""
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"The image{source} is empty ({image.width}x{image.height} pixels).")
+    try:
+        image.load()
+    except (OSError, SyntaxError) as error:  # PIL's decoders raise these for cut or damaged files
+        raise ValueError(f"The image{source} cannot be decoded (truncated or damaged file?): {error}") from error
+    return image
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A high-depth grayscale image rescaled to 8 bits ("L"), so a mid-grey stays mid-grey; other modes unchanged."""
+    full_scale = HIGH_DEPTH_FULL_SCALE.get(image.mode)
+    if full_scale is None:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("The image holds NaN or infinite pixel values.")
+    return Image.fromarray(np.clip(np.round(values * (255 / full_scale)), 0, 255).astype(np.uint8), mode="L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`; transparent pixels (RGBA, palette or grayscale with alpha) are composited on white."""
+    """RGB copy of `image`; transparent pixels (RGBA, palette or grayscale with alpha) are composited on white, and
+    16-bit, 32-bit and float grayscale images are rescaled to 8 bits (see `HIGH_DEPTH_FULL_SCALE`), not clipped."""
+    image = _to_8bit(_decoded(image))
     if image.mode in ("RGBA", "LA", "PA") or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))

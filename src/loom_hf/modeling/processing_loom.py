@@ -117,6 +117,12 @@ class LoomProcessor(ProcessorMixin):
         """
         if inputs is None:
             images = [] if images is None else images if isinstance(images, (list, tuple)) else [images]
+            for image in images:
+                if not isinstance(image, Image.Image):
+                    hint = " (open the file with PIL.Image.open first)" if isinstance(image, str) else ""
+                    raise TypeError(f"`images` must be PIL images; got {type(image).__name__} {image!r:.80}{hint}.")
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"`text` must be a string; got {type(text).__name__}.")
             inputs = [*images, *([text] if text is not None else [])]
         elif text is not None or images is not None:
             raise ValueError("Pass either `inputs` or `text`/`images`, not both.")

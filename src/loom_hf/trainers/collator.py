@@ -17,9 +17,22 @@ from ..modeling.packing import TokenType
 from ..modeling.processing_loom import LoomProcessor
 from .instances import Instance, TextItem
 
-__all__ = ["LoomDataCollator", "TokenBudgetBatchSampler"]
+__all__ = ["DrawnBatch", "LoomDataCollator", "TokenBudgetBatchSampler"]
 
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class DrawnBatch:
+    """The instances of one batch and the seed of its condition dropout.
+
+    [`LoomTrainingDataset`] derives both from `(seed, epoch, instance indices)`, never from torch's global generator,
+    so a batch is the same however the data loader reaches it: resumed after a crash, in a worker process, or
+    prefetched ahead of the step whose noise the global generator draws.
+    """
+
+    instances: list[Instance]
+    seed: int
 
 
 @dataclass
@@ -95,17 +108,19 @@ class LoomDataCollator:
         return total
 
     @staticmethod
-    def _dropped(droppable: bool, probability: float) -> bool:
-        """Draw from torch's generator: the trainer seeds it, and the data loader seeds each worker differently."""
-        return droppable and probability > 0 and float(torch.rand(())) < probability
+    def _dropped(droppable: bool, probability: float, generator: torch.Generator | None) -> bool:
+        """Draw from the batch's generator (a [`DrawnBatch`]'s seed), else from torch's global one."""
+        return droppable and probability > 0 and float(torch.rand((), generator=generator)) < probability
 
-    def _add_instance(self, row: _Sequence, instance: Instance, document: int, images: dict, block: int) -> int:
+    def _add_instance(
+        self, row: _Sequence, instance: Instance, *, document: int, images: dict, block: int, generator
+    ) -> int:
         """Append one instance to `row`; returns the next free block id."""
         processor = self.processor
         position = 0
         for item in instance:
             if isinstance(item, TextItem):
-                if self._dropped(item.droppable, self.text_dropout):
+                if self._dropped(item.droppable, self.text_dropout, generator):
                     continue
                 ids = processor.text_block(item.text)
                 labels = [IGNORE_INDEX, *ids[1:]] if item.loss else [IGNORE_INDEX] * len(ids)
@@ -116,7 +131,7 @@ class LoomDataCollator:
             image = processor.image_processor.resize_for_vae(item.image)
             frame = item.frame if item.frame is not None and self.use_frames else -1
             if item.target or item.use_vae:
-                if not item.target and self._dropped(item.droppable, self.vae_dropout):
+                if not item.target and self._dropped(item.droppable, self.vae_dropout, generator):
                     position += 1
                 else:
                     stride = processor.image_processor.vae_image_size[2]
@@ -135,7 +150,7 @@ class LoomDataCollator:
                     # A noised target shares its position with the clean copy that would follow it.
                     position += 0 if item.target else 1
             if item.use_vit and not item.target:
-                if self._dropped(item.droppable, self.vit_dropout):
+                if self._dropped(item.droppable, self.vit_dropout, generator):
                     position += 1
                     continue
                 patches, grid = processor.image_processor.vit_patches(image)
@@ -147,7 +162,12 @@ class LoomDataCollator:
                 position += 1
         return block
 
-    def __call__(self, instances: list[Instance]) -> dict:
+    def __call__(self, instances: list[Instance] | DrawnBatch) -> dict:
+        """One batch of `instances`; a [`DrawnBatch`] draws its condition dropout from its own seed."""
+        generator = None
+        if isinstance(instances, DrawnBatch):
+            generator = torch.Generator().manual_seed(instances.seed)
+            instances = instances.instances
         if not instances:
             raise ValueError("The collator received no instances.")
         images = {
@@ -161,7 +181,9 @@ class LoomDataCollator:
             else:
                 row = _Sequence()
                 rows.append(row)
-            block = self._add_instance(row, instance, document, images, block)
+            block = self._add_instance(
+                row, instance, document=document, images=images, block=block, generator=generator
+            )
         batch = self._tensors(rows)
         if images["pixel_values"]:
             batch["pixel_values"] = torch.cat(images["pixel_values"])

@@ -8,7 +8,7 @@ import datasets
 import torch
 
 from ..modeling.packing import HISTORY_MODES
-from .collator import LoomDataCollator
+from .collator import DrawnBatch, LoomDataCollator
 from .instances import Instance, build_instance, instance_keys
 from .schema import ON_ERROR_CHOICES, validate_rows
 
@@ -28,9 +28,11 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         dataset: a `datasets.Dataset` in the training schema.
         collator: the collator that will pack the instances (its processor measures them).
         max_tokens: the per-batch token budget; an instance must fit on its own.
-        max_history_frames / history: Loom's history sampling (the rotation offset is drawn per access).
+        max_history_frames / history: Loom's history sampling (the rotation offset is drawn per instance and epoch).
         max_frames: the model's frame table size (0: none); longer tutorials are bad rows.
         use_step_text: put each frame's step text before it (False: the "w/o stepwise prompt" ablation).
+        seed: seed of the random draws (history rotation, condition dropout). Each draw is a function of
+            `(seed, epoch, index)` alone, so a resumed run draws what the uninterrupted run drew.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         max_frames: int = 0,
         on_error: str = "skip",
         use_step_text: bool = True,
+        seed: int = 0,
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"`on_error` must be one of {ON_ERROR_CHOICES}; got {on_error!r}.")
@@ -51,7 +54,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         if max_history_frames < 0:
             raise ValueError(f"`max_history_frames` must be >= 0; got {max_history_frames}.")
         self.dataset, self.max_history_frames, self.history = dataset, max_history_frames, history
-        self.use_step_text = use_step_text
+        self.use_step_text, self.seed, self.epoch = use_step_text, seed, 0
         valid_rows, _ = validate_rows(dataset, max_frames=max_frames or None, on_error=on_error)
         self.keys: list[tuple[int, int]] = []
         self.num_tokens: list[int] = []
@@ -60,7 +63,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         for row_index in valid_rows:
             row = lengths[row_index]
             for key in instance_keys(row["task"], len(row["step_texts"]), len(row["targets"])):
-                count = collator.num_tokens(self._instance(row_index, key, worst_case=True))
+                count = collator.num_tokens(self._instance(row_index, key, rng=None))
                 if count > max_tokens:
                     too_long.append(f"row {row_index} (instance {key}): {count} tokens")
                     continue
@@ -75,14 +78,26 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
             raise ValueError("No usable training instance: every row is invalid or over the token budget.")
         logger.info("%d training instances from %d valid rows.", len(self.keys), len(valid_rows))
 
-    def _instance(self, row_index: int, key: int, worst_case: bool = False) -> Instance:
-        """Instance `key` of a row; `worst_case` takes the longest history instead of a random rotation."""
+    def _instance(self, row_index: int, key: int, *, rng: random.Random | None) -> Instance:
+        """Instance `key` of a row; without `rng` the history takes no rotation (its longest form)."""
         row = self.dataset[row_index]
-        rng = None if worst_case else random.Random(int(torch.randint(0, 2**31 - 1, ())))
         return build_instance(row, key, self.max_history_frames, self.history, rng, self.use_step_text)
+
+    def _rng(self, purpose: str, *indices: int) -> random.Random:
+        """A generator seeded by `(seed, epoch, purpose, indices)` alone (string seeds hash the same in every run)."""
+        return random.Random(f"loom:{self.seed}:{self.epoch}:{purpose}:{','.join(map(str, indices))}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the data loader before each epoch: later epochs draw other rotations and dropouts."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, index: int) -> Instance:
-        return self._instance(*self.keys[index])
+        row_index, key = self.keys[index]
+        return self._instance(row_index, key, rng=self._rng("history", index))
+
+    def __getitems__(self, indices: list[int]) -> DrawnBatch:
+        """The batch the data loader asks for: its instances and the seed of its condition dropout."""
+        return DrawnBatch([self[index] for index in indices], self._rng("dropout", *indices).getrandbits(63))

@@ -7,7 +7,7 @@ from diffusers import AutoencoderKL
 
 from ..modeling.packing import encode_latents, pack_latents
 from ..modeling.processing_loom import LoomProcessor
-from .schema import IMAGE_FIELDS
+from .schema import IMAGE_FIELDS, validate_rows
 
 __all__ = ["cache_latents", "latent_cache_fingerprint"]
 
@@ -50,13 +50,22 @@ def cache_latents(
     patch_size: int = 2,
     batch_size: int = 16,
     num_proc: int | None = None,
+    *,
+    on_error: str = "skip",
 ) -> datasets.Dataset:
     """`dataset` with the clean latent tokens of every image, computed with `datasets.map` (and its disk cache).
 
     For each image column (`images`, `step_images`, `targets`) it adds `<column>_latents` (flattened tokens) and
     `<column>_latent_grids`; training instances then carry these latents and the trainer does not run the VAE.
     Encoding uses the posterior mean, exactly as the trainer and the pipeline do.
+
+    Rows are validated first ([`validate_rows`]), as the training dataset would: bad rows (an unreadable or missing
+    image, ...) are left out with one counted warning (`on_error="skip"`) or rejected with their indices (`"raise"`),
+    so one bad image never stops the encoding.
     """
+    valid, problems = validate_rows(dataset, on_error=on_error)
+    if problems:
+        dataset = dataset.select(valid)
     features = dataset.features.copy()
     for column in IMAGE_FIELDS:
         features[f"{column}_latents"] = datasets.List(datasets.List(datasets.Value("float32")))

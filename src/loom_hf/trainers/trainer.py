@@ -1,5 +1,7 @@
 """`LoomTrainer`: a `transformers.Trainer` with Loom's joint loss `λ_CE · CE + MSE` over packed batches."""
 
+import functools
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -8,20 +10,24 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import seed_worker
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
 from ..modeling import LoomForInterleavedGeneration
 from ..modeling.packing import HISTORY_MODES, encode_latents, pack_latents
+from .argument_checks import check_training_numbers
+from .checkpoint import check_checkpoint
 from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
+from .ema import EMA_FILE, EMACallback, load_ema_state, save_ema_state, trainable_names
 from .hub import loom_model_card
 
 __all__ = ["LoomTrainingArguments", "LoomTrainer", "EXPERT_CHOICES", "select_trainable_parameters"]
 
+logger = logging.getLogger(__name__)
+
 EXPERT_CHOICES = ("all", "generation", "freeze_understanding")
-EMA_FILE = "ema.safetensors"
+ON_BAD_SAMPLE_CHOICES = ("skip", "raise")
 # Parameters of the generation side: the `*_moe_gen` expert and the latent heads (plus Loom's frame table).
 _GENERATION_PARTS = ("_moe_gen", "vae2llm", "llm2vae", "time_embedder", "frame_embed")
 # Parameters of the understanding side: the original decoder weights and the ViT.
@@ -60,22 +66,24 @@ class LoomTrainingArguments(TrainingArguments):
     on_bad_sample: str = field(
         default="skip", metadata={"help": "skip (counted warning) or raise (with row indices) on bad rows."}
     )
+    fresh_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "On resume, load the weights but start the optimizer and LR schedule afresh (without it, a "
+            "checkpoint lacking optimizer.pt or scheduler.pt is refused)."
+        },
+    )
 
     def __post_init__(self):
+        check_training_numbers(self)
         super().__post_init__()
         self.remove_unused_columns = False
         if self.history not in HISTORY_MODES:
             raise ValueError(f"`history` must be one of {HISTORY_MODES}; got {self.history!r}.")
         if self.train_experts not in EXPERT_CHOICES:
             raise ValueError(f"`train_experts` must be one of {EXPERT_CHOICES}; got {self.train_experts!r}.")
-        if self.ce_loss_weight < 0:
-            raise ValueError(f"`ce_loss_weight` must be >= 0; got {self.ce_loss_weight}.")
-        if self.timestep_shift <= 0:
-            raise ValueError(f"`timestep_shift` must be > 0; got {self.timestep_shift}.")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"`ema_decay` must be in (0, 1); got {self.ema_decay}.")
-        if self.vae_pixels_per_call < 1:
-            raise ValueError(f"`vae_pixels_per_call` must be >= 1; got {self.vae_pixels_per_call}.")
+        if self.on_bad_sample not in ON_BAD_SAMPLE_CHOICES:
+            raise ValueError(f"`on_bad_sample` must be one of {ON_BAD_SAMPLE_CHOICES}; got {self.on_bad_sample!r}.")
 
 
 def select_trainable_parameters(model: LoomForInterleavedGeneration, experts: str) -> int:
@@ -92,21 +100,6 @@ def select_trainable_parameters(model: LoomForInterleavedGeneration, experts: st
         else:
             parameter.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-class _EMACallback(TrainerCallback):
-    """Updates the EMA weights after every optimizer step and saves them with each checkpoint."""
-
-    def __init__(self, trainer: "LoomTrainer"):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trainer.ema.step(self.trainer.trainable_parameters())
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            self.trainer.save_ema(os.path.join(folder, EMA_FILE))
 
 
 class LoomTrainer(Trainer):
@@ -138,7 +131,7 @@ class LoomTrainer(Trainer):
         self.ema = None
         if args.ema_decay is not None:
             self.ema = EMAModel(self.trainable_parameters(), decay=args.ema_decay)
-            self.add_callback(_EMACallback(self))
+            self.add_callback(EMACallback(self))
 
     # ---------------------------------------------------------------- data
 
@@ -155,8 +148,8 @@ class LoomTrainer(Trainer):
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
-            worker_init_fn=lambda worker: seed_worker(
-                worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            worker_init_fn=functools.partial(
+                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
             ),
         )
         return self.accelerator.prepare(loader)
@@ -237,6 +230,7 @@ class LoomTrainer(Trainer):
         if mask is not None:
             error = (outputs.velocity.float() - targets) ** 2
             mse_sum = error[mask].mean(dim=-1).sum() if mask.any() else error.sum() * 0
+        self._check_finite_losses(ce_sum=ce_sum, mse_sum=mse_sum)
         if num_items_in_batch is None:
             num_items_in_batch = torch.stack(
                 [_ce_count(labels), mask.sum() if mask is not None else labels.new_zeros(())]
@@ -251,6 +245,15 @@ class LoomTrainer(Trainer):
         self._loss_sums["ce_count"] += float(_ce_count(labels))
         self._loss_sums["mse_count"] += float(mask.sum()) if mask is not None else 0.0
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite_losses(self, *, ce_sum: torch.Tensor, mse_sum: torch.Tensor) -> None:
+        """Stop at the first non-finite loss part, before its gradients reach the weights."""
+        for part, value in (("CE", ce_sum), ("MSE", mse_sum)):
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"The {part} loss is {float(value.detach())} at step {self.state.global_step + 1}: training stops "
+                    "before it reaches the weights (check the data, the learning rate and the precision)."
+                )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `ce_loss` and `mse_loss`: token-weighted means over the logging window and all processes."""
@@ -296,21 +299,47 @@ class LoomTrainer(Trainer):
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
-    # ---------------------------------------------------------------- EMA
+    # ---------------------------------------------------------------- checkpoints and EMA
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, refusing (before any work) a checkpoint that cannot be resumed exactly: see
+        [`check_checkpoint`]; `fresh_optimizer` lets one without optimizer and scheduler states through."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise FileNotFoundError(f"`output_dir` {self.args.output_dir!r} holds no checkpoint to resume from.")
+        if resume_from_checkpoint:
+            check_checkpoint(resume_from_checkpoint, fresh_optimizer=self.args.fresh_optimizer)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.args.fresh_optimizer:
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, refusing non-finite weights (they would overwrite a good model with NaNs)."""
+        broken = [name for name, p in self.model.named_parameters() if p.requires_grad and not _finite(p)]
+        if broken:
+            raise FloatingPointError(
+                f"Not saving: {len(broken)} trained weight(s) hold NaN or inf at step {self.state.global_step} "
+                f"({', '.join(broken[:5])})."
+            )
+        super().save_model(output_dir, _internal_call)
 
     def save_ema(self, path: str) -> None:
-        """Write the EMA weights of the trainable parameters (by parameter name)."""
-        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
-        save_file({n: t.detach().cpu().contiguous() for n, t in zip(names, self.ema.shadow_params)}, path)
+        """Write the whole EMA state: the shadow weights by parameter name, plus `optimization_step` and decay."""
+        save_ema_state(self.ema, trainable_names(self.model), path)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.ema is None:
+            return
         ema_path = os.path.join(resume_from_checkpoint, EMA_FILE)
-        if self.ema is not None and os.path.isfile(ema_path):
-            saved = load_file(ema_path)
-            names = [name for name, p in self.model.named_parameters() if p.requires_grad]
-            for shadow, name in zip(self.ema.shadow_params, names):
-                shadow.copy_(saved[name])
+        if os.path.isfile(ema_path):
+            load_ema_state(self.ema, trainable_names(self.model), ema_path)
+        else:
+            logger.warning("%s has no %s: the EMA starts from the restored weights.", resume_from_checkpoint, EMA_FILE)
+            self.ema = EMAModel(self.trainable_parameters(), decay=self.args.ema_decay)
 
     def save_ema_model(self, output_dir: str) -> None:
         """Save the model with its EMA weights swapped in (the training weights are restored afterwards)."""
@@ -323,6 +352,12 @@ class LoomTrainer(Trainer):
             self.save_model(output_dir)
         finally:
             self.ema.restore(parameters)
+
+
+def _finite(parameter: torch.Tensor) -> bool:
+    """Whether every element is finite (a sharded parameter: its local shard)."""
+    local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
+    return bool(torch.isfinite(local.detach()).all())
 
 
 def _ce_count(labels: torch.Tensor) -> torch.Tensor:
