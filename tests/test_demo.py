@@ -38,6 +38,8 @@ DENOISING_STEPS = "8"
 # Generous upper bounds for a loaded two-core machine; the checks are on what the page shows, not on how fast.
 SERVE_TIMEOUT_S = 120
 GENERATION_TIMEOUT_MS = 90_000
+PAGE_TIMEOUT_MS = 30_000
+expect.set_options(timeout=PAGE_TIMEOUT_MS)
 
 # Records, in the page, every frame count the gallery goes through and the frame count when the plan first shows.
 RECORD_PROGRESS = """() => {
@@ -105,6 +107,7 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser, demo_url: str) -> Iterator[Page]:
     """A fresh browser session on the demo (its own cookies and Gradio session)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = context.new_page()
     page.goto(demo_url)
     expect(page.locator("#tutorial-prompt textarea")).to_be_visible()
