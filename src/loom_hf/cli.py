@@ -1,6 +1,7 @@
-"""`loom` command line: generate tutorials, convert a BAGEL release, synthesise training data, evaluate."""
+"""`loom` command line: generate tutorials, serve the demo, convert a BAGEL release, synthesise data, evaluate."""
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -52,14 +53,21 @@ def convert_bagel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_folder(model: str | None) -> str:
+    """`--model`, or the embedded default model; refused unless it is a saved pipeline folder."""
+    from . import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
+    if not (Path(model) / "model_index.json").is_file():
+        raise SystemExit(f"error: --model {model!r} is not a saved LoomInterleavedPipeline folder.")
+    return model
+
+
 def generate(args: argparse.Namespace) -> int:
     """Write a plan-first tutorial (frames, tutorial.md, tutorial.html) for a prompt."""
-    from . import DEFAULT_MODEL
     from .pipelines import LoomInterleavedPipeline
 
-    model = args.model or DEFAULT_MODEL
-    if not (Path(model) / "model_index.json").is_file():
-        raise SystemExit(f"error: {model!r} is not a saved LoomInterleavedPipeline folder.")
+    model = _pipeline_folder(args.model)
     output_dir = Path(args.output_dir)
     try:
         check_output_folder(output_dir, option="--output-dir", overwrite=True, inputs=[model])
@@ -100,6 +108,16 @@ def _read_image(path: str, output_dir: Path):
         raise SystemExit(f"error: --image {path!r} cannot be read: {error}") from error
 
 
+def demo(args: argparse.Namespace) -> int:
+    """Serve the Gradio demo (tutorials drawn while you watch, images, answers) until interrupted."""
+    if importlib.util.find_spec("gradio") is None:
+        raise SystemExit("error: `loom demo` needs gradio: pip install 'loom-hf[demo]'.")
+    from .demo import serve
+
+    serve(_pipeline_folder(args.model), host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")
     tutorial.add_argument("--seed", type=non_negative_int, default=0)
     tutorial.set_defaults(handler=generate)
+
+    app = commands.add_parser("demo", help="Serve the Gradio demo in the browser (default: the embedded model).")
+    app.add_argument("--model", help="a saved LoomInterleavedPipeline folder (default: loom_hf.DEFAULT_MODEL)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    app.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    app.set_defaults(handler=demo)
 
     from .data import add_synth_arguments
 
