@@ -361,3 +361,34 @@ def test_bad_batch_input_is_rejected_before_any_work(tiny_pipe, monkeypatch, ove
     with pytest.raises(error, match=message):
         tiny_pipe(**arguments)
     assert calls == []
+
+
+def test_batch_saves_one_folder_per_request_with_the_users_umask(framed_pipe, tmp_path):
+    import os
+
+    batch = framed_pipe(
+        [["Draw a red house"], ["Draw a cat"]],
+        task="interleaved",
+        plan=["Walls", "Roof"],
+        num_inference_steps=1,
+        height=32,
+        width=32,
+    )
+    umask = os.umask(0o022)
+    try:
+        batch.save(tmp_path / "out")
+    finally:
+        os.umask(umask)
+    for request in ("request_01", "request_02"):
+        folder = tmp_path / "out" / request
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "frame_01.png",
+            "frame_02.png",
+            "tutorial.html",
+            "tutorial.md",
+        ]
+        assert all((p.stat().st_mode & 0o777) == 0o644 for p in folder.iterdir())
+    latent = framed_pipe(["A red square."], num_inference_steps=1, height=32, width=32, output_type="latent")
+    with pytest.raises(ValueError, match="Latent outputs"):
+        latent.save(tmp_path / "latent")
+    assert not (tmp_path / "latent").exists()

@@ -110,15 +110,20 @@ def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
     return path
 
 
+def user_mode(is_folder: bool = False) -> int:
+    """The mode a plain `mkdir` / `open` gives under the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if is_folder else 0o666) & ~umask
+
+
 def _apply_umask(folder: Path) -> None:
     """Give `folder` and everything in it the modes a plain `mkdir` / `open` would (some writers, safetensors shards
     saved through a temporary file for one, create private 0600 files)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    folder.chmod(user_mode(is_folder=True))
     for path in folder.rglob("*"):
         if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+            path.chmod(user_mode(is_folder=path.is_dir()))
 
 
 @contextmanager

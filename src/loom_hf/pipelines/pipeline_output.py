@@ -11,6 +11,8 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+from ..utils import user_mode
+
 __all__ = ["TextSegment", "ImageSegment", "LoomPipelineOutput"]
 
 _PAGE = """<!DOCTYPE html>
@@ -60,11 +62,13 @@ def _as_pil(image) -> PIL.Image.Image:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary sibling, so a crash never leaves a half-written file."""
+    """Write through a temporary sibling, so a crash never leaves a half-written file; the file gets the user's
+    umask (a temporary file starts private)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, user_mode())
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
