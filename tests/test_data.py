@@ -295,7 +295,9 @@ def test_cli_arguments(tmp_path, capsys):
     parser = add_synth_arguments(argparse.ArgumentParser(prog="loom data synth"))
     args = parser.parse_args(["--out", str(tmp_path / "cli"), "--num-samples", "9", "--seed", "4", "--size", "48"])
     assert args.handler(args) == 0
-    assert str(tmp_path / "cli") in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert str(tmp_path / "cli") in printed.out
+    assert "rows" in printed.err and "17/17" in printed.err  # a progress bar over the 9 train + 8 eval rows
     loaded = datasets.load_from_disk(str(tmp_path / "cli"))
     assert loaded["train"].num_rows == 9
     row = loaded["train"][0]

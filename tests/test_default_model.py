@@ -32,6 +32,9 @@ def test_loom_generate_draws_a_red_house_step_by_step_offline(tmp_path):
     # The plan is the one the procedural data teaches for a red house (the captions do not depend on the layout).
     expected = [part.caption for part in SUBJECTS["house"].build(random.Random(0), "red")]
     assert [f"Step {i}: {caption}" for i, caption in enumerate(expected, start=1)] == result.stdout.splitlines()[:-1]
+    assert result.stdout.splitlines()[-1] == f"Wrote {tmp_path / 'tutorial.html'}"
+    # A progress bar over the frames, on stderr (tqdm), reaches every step.
+    assert "frames" in result.stderr and f"{len(expected)}/{len(expected)}" in result.stderr
 
     html = (tmp_path / "tutorial.html").read_text()
     assert all(f"frame_{i:02d}.png" in html for i in range(1, len(expected) + 1))

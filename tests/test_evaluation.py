@@ -349,11 +349,13 @@ def random_pipe():
 FAST = {"num_inference_steps": 1, "height": 32, "width": 32, "max_new_tokens": 24}
 
 
-def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path):
+def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path, capsys):
     judge = RecordedJudge([verdict(5, 4, 3), verdict(3, 2, 1)])
     report = evaluate_tutorials(
-        random_pipe, eval_split, num_samples=2, seed=7, judge=judge, output_dir=tmp_path, **FAST
+        random_pipe, eval_split, num_samples=2, seed=7, judge=judge, output_dir=tmp_path, progress=True, **FAST
     )
+    progress = capsys.readouterr().err
+    assert "tutorials" in progress and "2/2" in progress
 
     assert report["num_samples"] == 2 and report["seeds"] == [7, 8]
     assert report["settings"]["num_inference_steps"] == 1 and report["settings"]["judge"] == "RecordedJudge"

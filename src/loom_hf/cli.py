@@ -75,22 +75,51 @@ def generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {error}") from error
     images = [_read_image(path, output_dir) for path in args.image]
     pipe = LoomInterleavedPipeline.from_pretrained(model, dtype=torch.float32)
-    output = pipe(
-        [*images, args.prompt],
-        task="interleaved",
-        plan=args.plan_step or None,
-        num_steps=args.num_steps,
-        max_history_frames=args.max_history_frames,
-        history=args.history,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        image_guidance_scale=args.image_guidance_scale,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    pipe.set_progress_bar_config(disable=True)
+    with FrameProgress() as progress:
+        output = pipe(
+            [*images, args.prompt],
+            task="interleaved",
+            plan=args.plan_step or None,
+            num_steps=args.num_steps,
+            max_history_frames=args.max_history_frames,
+            history=args.history,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            image_guidance_scale=args.image_guidance_scale,
+            generator=torch.Generator().manual_seed(args.seed),
+            callback_on_segment=progress.on_segment,
+        )
     folder = output.save(args.output_dir, title=args.prompt)
-    print("\n".join(f"Step {i}: {step}" for i, step in enumerate(output.plan, start=1)))
     print(f"Wrote {folder / 'tutorial.html'}")
     return 0
+
+
+class FrameProgress:
+    """`loom generate`'s live view: the plan printed as soon as it exists, then a progress bar over the frames."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_segment(self, pipe, index: int, segment) -> None:
+        from huggingface_hub.utils import tqdm
+
+        from .pipelines import ImageSegment
+        from .pipelines.planning import parse_plan
+
+        if index == 0:
+            steps = parse_plan(segment.text)
+            print("\n".join(f"Step {i}: {step}" for i, step in enumerate(steps, start=1)), flush=True)
+            self.bar = tqdm(total=len(steps), desc="frames", unit="frame")
+        elif isinstance(segment, ImageSegment):
+            self.bar.update()
+
+    def __enter__(self) -> "FrameProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _read_image(path: str, output_dir: Path):

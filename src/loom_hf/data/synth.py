@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import PIL.Image
+from huggingface_hub.utils import tqdm
 
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..trainers.schema import LOOM_FEATURES
@@ -455,7 +456,7 @@ def _to_dataset(rows: list[dict], split: str) -> datasets.Dataset:
 
 
 def build_dataset(
-    num_samples: int, seed: int, size: int = 64, mix: Mapping[str, float] | None = None
+    num_samples: int, seed: int, size: int = 64, mix: Mapping[str, float] | None = None, progress: bool = False
 ) -> datasets.DatasetDict:
     """
     Generate the synthetic Loom dataset with [`LOOM_FEATURES`].
@@ -465,6 +466,7 @@ def build_dataset(
         seed: any int >= 0; the same (num_samples, seed, size, mix) always gives the same dataset.
         size: side of every image in pixels.
         mix: weight per family (see [`FAMILIES`]); families left out get none. Default: [`DEFAULT_MIX`].
+        progress: show a progress bar over the rows drawn.
 
     Returns:
         "train" (the mix, without any held-out pair) and "eval" (`max(8, num_samples // 10)` drawing tutorials of
@@ -476,21 +478,29 @@ def build_dataset(
     counts = _family_counts(num_samples, _check_mix(DEFAULT_MIX if mix is None else mix))
     plan = [family for family, count in counts.items() for _ in range(count)]
     random.Random(f"loom-synth:{seed}:plan").shuffle(plan)
-    train = [BUILDERS[family](_sample_rng(seed, "train", index), size) for index, family in enumerate(plan)]
-    eval_rows = [
-        drawing_tutorial(_sample_rng(seed, "eval", index), size, HELD_OUT_PAIRS[index % len(HELD_OUT_PAIRS)])
-        for index in range(max(8, num_samples // 10))
-    ]
+    num_eval = max(8, num_samples // 10)
+    with tqdm(total=len(plan) + num_eval, desc="rows", unit="row", disable=not progress) as bar:
+        train = []
+        for index, family in enumerate(plan):
+            train.append(BUILDERS[family](_sample_rng(seed, "train", index), size))
+            bar.update()
+        eval_rows = []
+        for index in range(num_eval):
+            pair = HELD_OUT_PAIRS[index % len(HELD_OUT_PAIRS)]
+            eval_rows.append(drawing_tutorial(_sample_rng(seed, "eval", index), size, pair))
+            bar.update()
     return datasets.DatasetDict({"train": _to_dataset(train, "train"), "eval": _to_dataset(eval_rows, "eval")})
 
 
-def synthesize(out_dir: str | Path, num_samples: int, seed: int, size: int = 64, overwrite: bool = False) -> Path:
+def synthesize(
+    out_dir: str | Path, num_samples: int, seed: int, size: int = 64, overwrite: bool = False, progress: bool = False
+) -> Path:
     """
     Write [`build_dataset`] to `out_dir` with `save_to_disk`: first into a temporary sibling folder, renamed into
     place at the end, so an interrupted run never leaves a half-written dataset. Returns `out_dir`.
     """
     destination = check_output_folder(out_dir, option="out_dir (--out)", overwrite=overwrite)
-    dataset = build_dataset(num_samples, seed, size)
+    dataset = build_dataset(num_samples, seed, size, progress=progress)
     with written_atomically(destination) as staging:
         dataset.save_to_disk(str(staging))
     return destination
@@ -512,7 +522,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def run_synth(args: argparse.Namespace) -> int:
     """Handler of `loom data synth`: write the dataset and report where."""
     try:
-        path = synthesize(args.out, args.num_samples, args.seed, args.size, overwrite=args.overwrite)
+        path = synthesize(args.out, args.num_samples, args.seed, args.size, overwrite=args.overwrite, progress=True)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     print(f"Wrote {path}")

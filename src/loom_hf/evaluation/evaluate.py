@@ -19,6 +19,7 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
+from huggingface_hub.utils import tqdm
 
 from ..data import rle_to_mask
 from ..modeling.packing import HISTORY_MODES
@@ -33,7 +34,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_INFERENCE_STEPS = 20
 # Pipeline arguments the evaluation sets itself, per generation.
-RESERVED_PIPELINE_ARGUMENTS = ("inputs", "task", "plan", "num_steps", "generator", "output_type", "return_dict")
+RESERVED_PIPELINE_ARGUMENTS = (
+    "inputs",
+    "task",
+    "plan",
+    "num_steps",
+    "generator",
+    "output_type",
+    "return_dict",
+    "progress",
+)
 JUDGE_API_KEY_VARIABLE = "OPENAI_API_KEY"
 
 
@@ -41,6 +51,11 @@ def _mean(values: Sequence[float | None]) -> float | None:
     """The mean of the values that are not `None`; `None` when there are none."""
     present = [value for value in values if value is not None]
     return math.fsum(present) / len(present) if present else None
+
+
+def _column(dataset, name: str) -> list:
+    """One column of a `datasets.Dataset` or a list of rows."""
+    return dataset[name] if isinstance(dataset, datasets.Dataset) else [row[name] for row in dataset]
 
 
 def _tutorial_rows(
@@ -169,6 +184,7 @@ def evaluate_tutorials(
     num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     judge: Judge | None = None,
     output_dir: str | os.PathLike | None = None,
+    progress: bool = False,
     **pipeline_kwargs,
 ) -> dict:
     """
@@ -191,6 +207,7 @@ def evaluate_tutorials(
         num_inference_steps: denoising steps per frame.
         judge: a [`Judge`] that also scores every generated tutorial; its mean scores join the report.
         output_dir: save each tutorial (`LoomPipelineOutput.save`) to `{output_dir}/{position:04d}/{gt_plan,own_plan}`.
+        progress: show a progress bar over the tutorials.
         pipeline_kwargs: further pipeline arguments (guidance, size, `max_new_tokens`, ...), the same for every call.
 
     Returns:
@@ -212,7 +229,12 @@ def evaluate_tutorials(
     }
 
     samples = []
-    for offset, (position, row) in enumerate(_tutorial_rows(dataset, num_samples)):
+    available = sum(task == "tutorial" for task in _column(dataset, "task"))
+    total = available if num_samples is None else min(num_samples, available)
+    rows = tqdm(
+        _tutorial_rows(dataset, num_samples), total=total, desc="tutorials", unit="tutorial", disable=not progress
+    )
+    for offset, (position, row) in enumerate(rows):
         sample_seed = seed + offset
         inputs = [*(row["images"] or []), row["instruction"]]
         steps = list(row["step_texts"])
@@ -336,6 +358,7 @@ def run_eval(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             judge=judge,
             output_dir=args.output_dir,
+            progress=True,
             max_new_tokens=args.max_new_tokens,
             guidance_scale=args.guidance_scale,
             image_guidance_scale=args.image_guidance_scale,
