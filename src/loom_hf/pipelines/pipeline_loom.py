@@ -3,7 +3,8 @@
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,6 +177,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         self.register_modules(model=model, vae=vae, scheduler=scheduler, processor=processor)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
+        self._call_device: torch.device | None = None
         self._call_lock = threading.RLock()
 
     @classmethod
@@ -231,12 +233,26 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         return self._interrupt
 
+    @property
+    def input_device(self) -> torch.device:
+        """Where inputs go: the execution device, looked up once per call (diffusers finds it by walking every
+        module, which a forward pass per token or step should not repeat)."""
+        return self._call_device if self._call_device is not None else self._execution_device
+
+    @contextmanager
+    def _input_device_fixed(self) -> Iterator[None]:
+        self._call_device = self._execution_device
+        try:
+            yield
+        finally:
+            self._call_device = None
+
     # ---------------------------------------------------------------- context encoding
 
     def append_text(self, cache: LoomCache, text: str | list[int]) -> None:
         """Append one text turn (`<|im_start|>` + tokens + `<|im_end|>`) to `cache`."""
         ids = self.processor.text_block(text) if isinstance(text, str) else text
-        device = self._execution_device
+        device = self.input_device
         self.model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, logits_to_keep=1)
 
     def encode_image(self, image: PIL.Image.Image, use_vae: bool = True, use_vit: bool = True) -> EncodedImage:
@@ -244,14 +260,14 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         encoded = EncodedImage()
         if use_vae:
             pixels = self.processor.image_processor.vae_pixel_values(image)
-            pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
+            pixels = pixels.to(device=self.input_device, dtype=self.vae.dtype)
             latents = encode_latents(self.vae, pixels)
             patch = self.model.config.latent_patch_size
             encoded.latent_tokens = pack_latents(latents.float(), patch)
             encoded.latent_grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         if use_vit:
             patches, encoded.vit_grid = self.processor.image_processor.vit_patches(image)
-            encoded.vit_patches = patches.to(self._execution_device)
+            encoded.vit_patches = patches.to(self.input_device)
         return encoded
 
     def append_image(
@@ -267,7 +283,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         `frame_index` adds Loom's temporal embedding of that frame to the image's tokens.
         """
         encoded = image if isinstance(image, EncodedImage) else self.encode_image(image, use_vae, use_vit)
-        device = self._execution_device
+        device = self.input_device
         if use_vae:
             ids, types = self.processor.image_block(encoded.latent_tokens.shape[0], TokenType.LATENT)
             self.model(
@@ -290,7 +306,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
     def _block_inputs(self, ids: list[int], types: list[int], frame_index: int | None, rows: int) -> dict:
         """`input_ids`, `mm_token_type_ids` and (for a Loom frame) `frame_ids` of `rows` copies of one image block."""
-        device = self._execution_device
+        device = self.input_device
         token_types = torch.tensor([types], device=device).expand(rows, -1)
         inputs = {"input_ids": torch.tensor([ids], device=device).expand(rows, -1), "mm_token_type_ids": token_types}
         if frame_index is not None:
@@ -340,7 +356,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         if self.interrupt:
             return [TextSegment(text="", token_ids=[]) for _ in contexts]
         stacked, padding = LoomCache.stack(contexts, pad_token_id=self.processor.tokenizer.pad_token_id or 0)
-        device = self._execution_device
+        device = self.input_device
         start = torch.full((len(contexts), 1), self.processor.bos_token_id, dtype=torch.long, device=device)
         input_ids = torch.cat([stacked.token_ids.to(device), start], dim=1)
         attention_mask = torch.cat([padding.to(device), torch.ones_like(start)], dim=1)
@@ -382,11 +398,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Initial noise in diffusers layout `(1, C, height / 8, width / 8)` (drawn on the CPU for reproducibility)."""
         if latents is not None:
-            return latents.to(device=self._execution_device, dtype=torch.float32)
+            return latents.to(device=self.input_device, dtype=torch.float32)
         downsample = self.model.config.vae_downsample
         shape = (1, self.model.config.latent_channels, height // downsample, width // downsample)
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-        return noise.to(self._execution_device)
+        return noise.to(self.input_device)
 
     def denoise(self, jobs: list[ImageJob], settings: DenoisingSettings) -> list[torch.Tensor]:
         """Final diffusers-layout latents of every job; jobs of one size are denoised together."""
@@ -484,7 +500,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """One forward pass of every job's branches (rows `job·num_branches + branch`); packed velocities
         `[N, num_branches, tokens, channels]`."""
-        device = self._execution_device
+        device = self.input_device
         patch = self.model.config.latent_patch_size
         grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         tokens = torch.stack([pack_latents(latent[None], patch) for latent in latents])  # [N, T, C]
@@ -535,7 +551,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             masks.append(mask)
         union = torch.stack(masks).amax(dim=0)[None, None]
         weights = torch.nn.functional.interpolate(union, size=(height // downsample, width // downsample), mode="area")
-        return weights.to(self._execution_device)
+        return weights.to(self.input_device)
 
     # ---------------------------------------------------------------- tutorials
 
@@ -1032,37 +1048,38 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                     callback_on_segment(self, index, segment)
 
             # 3. Generate: answers, tutorials or images
-            plans = [None] * len(call.requests)
-            if task == "text":
-                system_prompt = VLM_THINK_SYSTEM_PROMPT if think else None
-                contexts = [self.encode_context(request, system_prompt, use_vae=False) for request in call.requests]
-                for index, answer in enumerate(
-                    self.decode_texts([c.cond for c in contexts], generation_config, call.generators)
-                ):
-                    emit(index, answer)
-            elif task == "interleaved":
-                plans = self.generate_tutorials(
-                    call.requests,
-                    [call.plan] * len(call.requests),
-                    call.sizes,
-                    tutorial=TutorialSettings(num_steps, max_history_frames, history, use_step_text),
-                    denoising=denoising,
-                    generation_config=generation_config,
-                    generators=call.generators,
-                    output_type=output_type,
-                    emit=emit,
-                )
-            else:
-                self.generate_images(
-                    call,
-                    think=think,
-                    num_images_per_prompt=num_images_per_prompt,
-                    latents=latents,
-                    denoising=denoising,
-                    generation_config=generation_config,
-                    output_type=output_type,
-                    emit=emit,
-                )
+            with self._input_device_fixed():
+                plans = [None] * len(call.requests)
+                if task == "text":
+                    system_prompt = VLM_THINK_SYSTEM_PROMPT if think else None
+                    contexts = [self.encode_context(request, system_prompt, use_vae=False) for request in call.requests]
+                    for index, answer in enumerate(
+                        self.decode_texts([c.cond for c in contexts], generation_config, call.generators)
+                    ):
+                        emit(index, answer)
+                elif task == "interleaved":
+                    plans = self.generate_tutorials(
+                        call.requests,
+                        [call.plan] * len(call.requests),
+                        call.sizes,
+                        tutorial=TutorialSettings(num_steps, max_history_frames, history, use_step_text),
+                        denoising=denoising,
+                        generation_config=generation_config,
+                        generators=call.generators,
+                        output_type=output_type,
+                        emit=emit,
+                    )
+                else:
+                    self.generate_images(
+                        call,
+                        think=think,
+                        num_images_per_prompt=num_images_per_prompt,
+                        latents=latents,
+                        denoising=denoising,
+                        generation_config=generation_config,
+                        output_type=output_type,
+                        emit=emit,
+                    )
 
             # 4. Offload and return the outputs, request by request
             self.maybe_free_model_hooks()
