@@ -83,15 +83,18 @@ def grid_position_ids(grid_hw: torch.LongTensor, max_side: int) -> torch.LongTen
 
     Smaller images use the top-left corner of the `max_side`² grid (BAGEL's "extrapolate" rule).
     """
-    positions = []
-    for height, width in grid_hw.tolist():
+    grids = grid_hw.tolist()
+    positions = {}
+    for height, width in dict.fromkeys(map(tuple, grids)):
         if height > max_side or width > max_side:
             raise ValueError(f"A grid of {height}x{width} patches exceeds the position table side {max_side}.")
         rows = torch.arange(height, device=grid_hw.device)[:, None] * max_side
-        positions.append((rows + torch.arange(width, device=grid_hw.device)).flatten())
-    if not positions:
+        positions[height, width] = (rows + torch.arange(width, device=grid_hw.device)).flatten()
+    if not grids:
         return torch.zeros(0, dtype=torch.long, device=grid_hw.device)
-    return torch.cat(positions)
+    if len(positions) == 1:  # a batch of same-size images (every denoising step of a batch): one table, repeated
+        return next(iter(positions.values())).repeat(len(grids))
+    return torch.cat([positions[tuple(grid)] for grid in grids])
 
 
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
