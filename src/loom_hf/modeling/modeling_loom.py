@@ -40,6 +40,7 @@ from .packing import (
     image_block_ids,
     rope_position_ids,
 )
+from .placement import check_placement
 from .quantization import check_quantization_backend
 from .step_cache import LoomStepCacheMixin, register_decoder_layer
 
@@ -653,8 +654,9 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`; a quantization config (given, or saved in `config.json`) whose backend
-        is not installed is refused before any weight is read."""
+        """`PreTrainedModel.from_pretrained`, with the quantization and placement arguments checked first
+        ([`check_placement`]): a missing backend, an accelerator this machine lacks, a `device_map` key naming no
+        module or a `max_memory` below one layer raise before any weight is read."""
         config = kwargs.get("config")
         if not isinstance(config, LoomConfig):
             hub = ("subfolder", "cache_dir", "revision", "token", "local_files_only")
@@ -662,7 +664,14 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
                 pretrained_model_name_or_path, **{k: kwargs[k] for k in hub if k in kwargs}
             )
         check_quantization_backend(getattr(config, "quantization_config", None))
-        check_quantization_backend(kwargs.get("quantization_config"))
+        check_placement(
+            cls,
+            config,
+            device_map=kwargs.get("device_map"),
+            max_memory=kwargs.get("max_memory"),
+            dtype=kwargs.get("dtype"),
+            quantization_config=kwargs.get("quantization_config"),
+        )
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
