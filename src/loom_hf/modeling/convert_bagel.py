@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors import SafetensorError, safe_open
@@ -27,6 +28,7 @@ from .entity_tokens import add_entity_tokens
 from .image_processing_loom import LoomImageProcessor
 from .modeling_loom import LoomForInterleavedGeneration, LoomPositionTable
 from .processing_loom import LoomProcessor
+from .quantization import StreamingQuantizer, check_quantization_backend
 
 __all__ = ["load_bagel_release", "FLUX_AE_DEFAULTS", "REQUIRED_RELEASE_FILES"]
 
@@ -161,16 +163,11 @@ def _rename(key: str) -> str:
     raise KeyError(f"ema.safetensors holds a key no Loom parameter matches: {key!r}")
 
 
-def _load_model(path: Path, config: LoomConfig, dtype: torch.dtype | None) -> LoomForInterleavedGeneration:
-    """Build the model without allocating random weights, then assign every release tensor."""
-    with init_empty_weights(include_buffers=False):
-        model = LoomForInterleavedGeneration(config)
-    state = {}
+def _release_tensors(path: Path):
+    """(Loom name, tensor) for every release weight, one at a time; the sin-cos tables are checked, not yielded."""
     with _open_safetensors(path / "ema.safetensors") as release:
         for key in release.keys():
             tensor = release.get_tensor(key)
-            if dtype is not None:
-                tensor = tensor.to(dtype)
             if key in POSITION_TABLES:
                 side = _square_side(tensor.shape[0], key)
                 expected = LoomPositionTable.compute(side, tensor.shape[1])
@@ -180,24 +177,55 @@ def _load_model(path: Path, config: LoomConfig, dtype: torch.dtype | None) -> Lo
             if key.endswith("patch_embedding.weight") and tensor.ndim == 4:
                 # A convolution kernel [out, C, kh, kw] becomes the linear layout over (kh, kw, C) patches.
                 tensor = tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
-            state[_rename(key)] = tensor
-    result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [key for key in result.missing_keys if key != FRAME_TABLE]
+            yield _rename(key), tensor
+
+
+def _weight_dtype(model: LoomForInterleavedGeneration, name: str, dtype: torch.dtype | None) -> torch.dtype | None:
+    """`dtype`, except float32 for the model's `_keep_in_fp32_modules` under float16 (as `from_pretrained` does)."""
+    if dtype == torch.float16 and any(name.startswith(f"{module}.") for module in model._keep_in_fp32_modules):
+        return torch.float32
+    return dtype
+
+
+def _load_model(
+    path: Path, config: LoomConfig, dtype: torch.dtype | None, quantization_config=None
+) -> LoomForInterleavedGeneration:
+    """Build the model without allocating weights, then assign the release tensors one by one; with a
+    `quantization_config` each weight it covers is quantized as it arrives, so the full-precision model never exists
+    at once."""
+    with init_empty_weights(include_buffers=False):
+        model = LoomForInterleavedGeneration(config)
+    quantizer = StreamingQuantizer(model, quantization_config) if quantization_config is not None else None
+    expected = set(model.state_dict())
+    loaded, unexpected = set(), []
+    for name, tensor in _release_tensors(path):
+        if name not in expected:
+            unexpected.append(name)
+            continue
+        tensor = tensor.to(_weight_dtype(model, name, dtype) or tensor.dtype)
+        if quantizer is None or not quantizer.assign(name, tensor):
+            set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=tensor.dtype)
+        loaded.add(name)
+    missing = sorted(expected - loaded - {FRAME_TABLE})
+    if missing or unexpected:
+        raise ValueError(f"ema.safetensors does not match the model: missing {missing}, unexpected {unexpected}.")
     if model.model.frame_embed is not None:
         # BAGEL has no temporal table: a zero table adds nothing until it is trained.
-        model.model.frame_embed.weight = torch.nn.Parameter(
-            torch.zeros_like(model.model.frame_embed.weight, device="cpu")
-        )
+        table = model.model.frame_embed.weight
+        zeros = torch.zeros(table.shape, dtype=dtype or table.dtype)
+        set_module_tensor_to_device(model, FRAME_TABLE, "cpu", value=zeros, dtype=zeros.dtype)
         logger.warning(
             "The BAGEL release has no temporal frame table; its %d rows start at zero (a no-op until trained).",
             config.max_frames,
         )
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"ema.safetensors does not match the model: missing {missing}, unexpected {result.unexpected_keys}."
-        )
     if dtype is not None:
-        model.to(dtype)
+        # The recomputed tables and rotary frequencies are buffers, created in float32.
+        for module in model.modules():
+            for key, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_floating_point():
+                    module._buffers[key] = buffer.to(dtype)
+    if quantizer is not None:
+        quantizer.finish()
     return model.eval()
 
 
@@ -248,6 +276,7 @@ def load_bagel_release(
     dtype: torch.dtype | None = None,
     max_frames: int = 0,
     entity_tokens: tuple[str, ...] = (),
+    quantization_config=None,
 ) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
     """Model, VAE and processor of a BAGEL release folder.
 
@@ -257,7 +286,10 @@ def load_bagel_release(
         dtype: cast the weights (default: as stored; the release is bfloat16).
         max_frames: rows of Loom's temporal frame table (zero-initialised; 0: no table).
         entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
+        quantization_config: a transformers quantization config (`TorchAoConfig(Int8WeightOnlyConfig())`, ...) for
+            the model, applied weight by weight while the release is read; the VAE stays unquantized.
     """
+    check_quantization_backend(quantization_config)
     path = check_release_folder(release_dir)
     with _open_safetensors(path / "ema.safetensors") as release:
         shapes = {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
@@ -293,7 +325,7 @@ def load_bagel_release(
         vision_start_token_id=processor.vision_start_token_id,
         vision_end_token_id=processor.vision_end_token_id,
     )
-    model = _load_model(path, config, dtype)
+    model = _load_model(path, config, dtype, quantization_config)
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id,
         eos_token_id=processor.eos_token_id,
