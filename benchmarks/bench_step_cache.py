@@ -1,6 +1,6 @@
 """Denoising-step caching on the embedded default model: speed and frame similarity against the uncached tutorial.
 
-    python benchmarks/bench_step_cache.py [--steps 40] [--repeats 3] [--threads 2]
+    python benchmarks/bench_step_cache.py [--steps 40] [--repeats 2] [--threads 2]
 
 Each setting renders the same tutorial as `loom generate "Draw a red house"` (the model writes its plan, then the
 frames; seed 0, text guidance 4.0, image guidance 2.0) at `--steps` Euler steps per frame. Runs alternate with the
@@ -29,18 +29,21 @@ SETTINGS = {
     "TaylorSeer interval 4, warm-up 4, order 2": TaylorSeerCacheConfig(
         cache_interval=4, disable_cache_before_step=4, max_order=2, taylor_factors_dtype=torch.float32
     ),
-    "TaylorSeer interval 5, warm-up 4, order 2": TaylorSeerCacheConfig(
-        cache_interval=5, disable_cache_before_step=4, max_order=2, taylor_factors_dtype=torch.float32
+    "TaylorSeer interval 6, warm-up 3, order 2": TaylorSeerCacheConfig(
+        cache_interval=6, disable_cache_before_step=3, max_order=2, taylor_factors_dtype=torch.float32
     ),
-    "First Block Cache threshold 0.05": FirstBlockCacheConfig(threshold=0.05),
-    "First Block Cache threshold 0.2": FirstBlockCacheConfig(threshold=0.2),
+    "TaylorSeer interval 10, warm-up 3, order 2": TaylorSeerCacheConfig(
+        cache_interval=10, disable_cache_before_step=3, max_order=2, taylor_factors_dtype=torch.float32
+    ),
+    "First Block Cache threshold 0.1": FirstBlockCacheConfig(threshold=0.1),
+    "First Block Cache threshold 0.3": FirstBlockCacheConfig(threshold=0.3),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt", default="Draw a red house")
     args = parser.parse_args()
