@@ -392,3 +392,20 @@ def test_batch_saves_one_folder_per_request_with_the_users_umask(framed_pipe, tm
     with pytest.raises(ValueError, match="Latent outputs"):
         latent.save(tmp_path / "latent")
     assert not (tmp_path / "latent").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "prefills"),
+    [
+        ({"guidance_scale": 4.0, "image_guidance_scale": 2.0}, 2),  # the text turn in cond and image-free contexts
+        ({"guidance_scale": 4.0, "image_guidance_scale": 1.0}, 1),  # image guidance off: no image-free context
+        ({"guidance_scale": 1.0, "image_guidance_scale": 2.0}, 1),  # image guidance needs text guidance on
+        ({"task": "text", "max_new_tokens": 1}, 1),  # an answer reads the conditional context only
+    ],
+)
+def test_contexts_nobody_reads_are_not_encoded(tiny_pipe, monkeypatch, kwargs, prefills):
+    calls = []
+    append_text = tiny_pipe.append_text
+    monkeypatch.setattr(tiny_pipe, "append_text", lambda cache, text: calls.append(1) or append_text(cache, text))
+    tiny_pipe(["A red square."], num_inference_steps=1, height=32, width=32, **kwargs)
+    assert len(calls) == prefills

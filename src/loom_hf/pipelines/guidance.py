@@ -23,6 +23,11 @@ class GuidanceConfig:
     renorm_min: float = 0.0
     entity_scale: float | None = None
 
+    @property
+    def uses_image_free(self) -> bool:
+        """Whether any step reads the image-free context: image guidance on top of text (or entity) guidance."""
+        return self.image_scale > 1.0 and max(self.scale, self.entity_scale or 1.0) > 1.0
+
     def scales_at(self, sigma: float) -> tuple[float, float, float | None]:
         """(text, image, entity) scales at flow time `sigma`: all off outside the interval."""
         if not guidance_active(sigma, self.interval):

@@ -92,20 +92,28 @@ class GuidanceContexts:
     * `cond`: the whole context;
     * `text_uncond`: the context without the final text turn(s) (reset to the context before each text turn and
       after each image);
-    * `image_uncond`: every text turn and no image.
+    * `image_uncond`: every text turn and no image; only built when `image_free` (a call whose image guidance is off
+      never reads it, and an answer reads neither guidance context).
     """
 
     cond: LoomCache
     text_uncond: LoomCache
     image_uncond: LoomCache
+    image_free: bool = True
 
     @classmethod
-    def empty(cls) -> "GuidanceContexts":
+    def empty(cls, image_free: bool = True) -> "GuidanceContexts":
         cond = LoomCache()
-        return cls(cond, cond.fork(), cond.fork())
+        return cls(cond, cond.fork(), cond.fork(), image_free)
 
     def fork(self) -> "GuidanceContexts":
-        return GuidanceContexts(self.cond.fork(), self.text_uncond.fork(), self.image_uncond.fork())
+        return GuidanceContexts(self.cond.fork(), self.text_uncond.fork(), self.image_uncond.fork(), self.image_free)
+
+    def append_text_turn(self, pipe: "LoomInterleavedPipeline", ids: list[int]) -> None:
+        """A text turn enters the conditional context and, when it is kept, the image-free one."""
+        pipe.append_text(self.cond, ids)
+        if self.image_free:
+            pipe.append_text(self.image_uncond, ids)
 
     def branch(self, name: str) -> LoomCache:
         return getattr(self, name)
@@ -342,21 +350,20 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         system_prompt: str | None = None,
         use_vae: bool = True,
         contexts: GuidanceContexts | None = None,
+        image_free: bool = True,
     ) -> GuidanceContexts:
         """Encode the interleaved inputs into the three guidance contexts, as the official inferencer does.
 
-        Appends to `contexts` when given (the inputs continue an existing context).
+        Appends to `contexts` when given (the inputs continue an existing context); a new context builds its
+        image-free branch only with `image_free`.
         """
-        contexts = contexts or GuidanceContexts.empty()
+        contexts = contexts or GuidanceContexts.empty(image_free)
         if system_prompt is not None:
-            self.append_text(contexts.cond, system_prompt)
-            self.append_text(contexts.image_uncond, system_prompt)
+            contexts.append_text_turn(self, self.processor.text_block(system_prompt))
         for item in inputs:
             if isinstance(item, str):
                 contexts.text_uncond = contexts.cond.fork()
-                ids = self.processor.text_block(item)
-                self.append_text(contexts.cond, ids)
-                self.append_text(contexts.image_uncond, ids)
+                contexts.append_text_turn(self, self.processor.text_block(item))
             else:
                 image = self.processor.image_processor.resize_for_vae(item)
                 self.append_image(contexts.cond, image, use_vae=use_vae)
@@ -481,6 +488,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             if image_scale > 1.0:
                 branches.append("image_uncond")
         key = tuple(branches)
+        if "image_uncond" in branches and not all(job.contexts.image_free for job in jobs):
+            raise RuntimeError("Image guidance is on but a context was encoded without its image-free branch.")
         stacks = {} if stacks is None else stacks
         if key not in stacks:
             caches = [job.contexts.branch(name) for job in jobs for name in branches]
@@ -594,9 +603,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             self.append_image(contexts.cond, frames[index], frame_index=self._frame_index(index))
         contexts.text_uncond = contexts.cond.fork()
         if step_text is not None:
-            ids = self.processor.text_block(step_turn(step_index + 1, step_text))
-            self.append_text(contexts.cond, ids)
-            self.append_text(contexts.image_uncond, ids)
+            contexts.append_text_turn(self, self.processor.text_block(step_turn(step_index + 1, step_text)))
         return contexts, chosen
 
     def _frame_index(self, index: int) -> int | None:
@@ -624,7 +631,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """
         # 1. Shared prefix of every frame: the inputs and the planning instruction.
         bases = [
-            self.encode_context([*inputs[:-1], plan_instruction(inputs[-1], tutorial.num_steps)]) for inputs in requests
+            self.encode_context(
+                [*inputs[:-1], plan_instruction(inputs[-1], tutorial.num_steps)],
+                image_free=denoising.guidance.uses_image_free,
+            )
+            for inputs in requests
         ]
         # 2. Plans: the given ones, the others written by the model in one batch.
         missing = [index for index, plan in enumerate(plans) if plan is None]
@@ -1074,7 +1085,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 plans = [None] * len(call.requests)
                 if task == "text":
                     system_prompt = VLM_THINK_SYSTEM_PROMPT if think else None
-                    contexts = [self.encode_context(request, system_prompt, use_vae=False) for request in call.requests]
+                    contexts = [
+                        self.encode_context(request, system_prompt, use_vae=False, image_free=False)
+                        for request in call.requests
+                    ]
                     for index, answer in enumerate(
                         self.decode_texts([c.cond for c in contexts], generation_config, call.generators)
                     ):
@@ -1124,7 +1138,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """`num_images_per_prompt` images per request (after a thought per request with `think`), all denoised in
         one batched loop per output size."""
         system_prompt = GEN_THINK_SYSTEM_PROMPT if think else None
-        contexts = [self.encode_context(request, system_prompt) for request in call.requests]
+        contexts = [
+            self.encode_context(request, system_prompt, image_free=denoising.guidance.uses_image_free)
+            for request in call.requests
+        ]
         if think:
             first_generators = call.generators[::num_images_per_prompt]
             for index, thought in enumerate(
