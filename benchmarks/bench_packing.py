@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from loom_hf.data import build_dataset
-from loom_hf.tiny import tiny_pipeline
+from loom_hf.tiny import SMALL_TEXT_CONFIG, tiny_pipeline
 from loom_hf.trainers import LoomDataCollator, LoomTrainer, LoomTrainingArguments, LoomTrainingDataset
 from loom_hf.trainers.latent_cache import cache_latents
 
@@ -35,15 +35,7 @@ def setup(max_tokens: int, cached_latents: bool = False):
     pipe = tiny_pipeline(
         seed=0,
         max_frames=8,
-        text_config={
-            "vocab_size": 432,
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-        },
+        text_config=SMALL_TEXT_CONFIG,
     )
     rows = build_dataset(64, seed=0)["train"]
     if cached_latents:

@@ -19,7 +19,7 @@ from PIL import Image
 from loom_hf.modeling.packing import TokenType, pack_latents, unpack_latents
 from loom_hf.pipelines.guidance import GuidanceConfig, guided_velocity
 from loom_hf.pipelines.pipeline_loom import ImageJob
-from loom_hf.tiny import tiny_pipeline
+from loom_hf.tiny import SMALL_TEXT_CONFIG, tiny_pipeline
 
 PROMPTS = [
     "A red square above a blue circle.",
@@ -37,15 +37,7 @@ def small_pipeline():
     pipe = tiny_pipeline(
         seed=0,
         image_size=128,
-        text_config={
-            "vocab_size": 432,
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-        },
+        text_config=SMALL_TEXT_CONFIG,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

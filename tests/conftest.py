@@ -59,3 +59,14 @@ def tiny_pipe():
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def framed_pipe():
+    """A tiny pipeline with an 8-row temporal table filled with random values (so frame indices matter)."""
+    from loom_hf.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0, max_frames=8)
+    torch.nn.init.normal_(pipe.model.model.frame_embed.weight, std=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

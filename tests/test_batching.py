@@ -13,7 +13,6 @@ from loom_hf import LoomCache, TextSegment
 from loom_hf.modeling.packing import pack_latents, unpack_latents
 from loom_hf.pipelines.guidance import GuidanceConfig, guided_velocity
 from loom_hf.pipelines.pipeline_loom import ImageJob
-from loom_hf.tiny import tiny_pipeline
 
 RED = Image.new("RGB", (64, 64), (200, 30, 30))
 BLUE = Image.new("RGB", (64, 64), (20, 60, 210))
@@ -23,14 +22,6 @@ IMAGE_ARGS = {"num_inference_steps": 3, "output_type": "latent", "guidance_scale
 
 def seeds(*values):
     return [torch.Generator().manual_seed(value) for value in values]
-
-
-@pytest.fixture
-def framed_pipe():
-    pipe = tiny_pipeline(seed=0, max_frames=8)
-    torch.nn.init.normal_(pipe.model.model.frame_embed.weight, std=0.5)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def assert_batch_matches_serial(pipe, requests, **kwargs):

@@ -12,7 +12,6 @@ from loom_hf.modeling.packing import history_frame_indices, rotation_offset_limi
 from loom_hf.pipelines.guidance import GuidanceConfig
 from loom_hf.pipelines.pipeline_loom import DenoisingSettings, ImageJob
 from loom_hf.pipelines.planning import format_plan, parse_plan, plan_instruction, step_turn
-from loom_hf.tiny import tiny_pipeline
 
 PLAN = [
     "Draw the square walls",
@@ -23,15 +22,6 @@ PLAN = [
     "Add a path",
     "Add the sun",
 ]
-
-
-@pytest.fixture
-def framed_pipe():
-    """A tiny pipeline with an 8-row temporal table filled with random values (so frame indices matter)."""
-    pipe = tiny_pipeline(seed=0, max_frames=8)
-    torch.nn.init.normal_(pipe.model.model.frame_embed.weight, std=0.5)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tutorial(pipe, plan, **kwargs):

@@ -12,9 +12,19 @@ from .modeling import LoomConfig, LoomForInterleavedGeneration, LoomImageProcess
 from .modeling.entity_tokens import add_entity_tokens
 from .pipelines import LoomInterleavedPipeline
 
-__all__ = ["SPECIAL_TOKENS", "tiny_tokenizer", "tiny_config", "tiny_vae", "tiny_pipeline"]
+__all__ = ["SPECIAL_TOKENS", "SMALL_TEXT_CONFIG", "tiny_tokenizer", "tiny_config", "tiny_vae", "tiny_pipeline"]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+# The "small configuration" the benchmarks measure: a 4-layer MoT decoder of width 256 (about 8M parameters).
+SMALL_TEXT_CONFIG = {
+    "vocab_size": 432,
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
 _CORPUS = [
     "Draw a red house with a triangular roof and a brown door.",
     "Step 1: Draw the walls. Step 2: Add the roof. Step 3: Add a door and two windows.",
