@@ -400,3 +400,21 @@ def test_contexts_nobody_reads_are_not_encoded(tiny_pipe, monkeypatch, kwargs, p
     monkeypatch.setattr(tiny_pipe, "append_text", lambda cache, text: calls.append(1) or append_text(cache, text))
     tiny_pipe(["A red square."], num_inference_steps=1, height=32, width=32, **kwargs)
     assert len(calls) == prefills
+
+
+def test_a_batch_of_tutorials_takes_one_plan_per_request(framed_pipe):
+    kwargs = {"task": "interleaved", "num_inference_steps": 1, "height": 32, "width": 32, "output_type": "latent"}
+    plans = [["Walls", "Roof"], ["Head", "Ears", "Tail"]]
+    requests = [["Draw a red house"], ["Draw a cat"]]
+    batch = framed_pipe(requests, plan=plans, generator=seeds(0, 1), **kwargs)
+    assert [request.plan for request in batch.requests] == plans
+    for index, (request, plan) in enumerate(zip(requests, plans)):
+        alone = framed_pipe(request, plan=plan, generator=seeds(index), **kwargs)
+        for mine, theirs in zip(batch.requests[index].images, alone.images):
+            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+    shared = framed_pipe(requests, plan=["Outline"], **kwargs)
+    assert [request.plan for request in shared.requests] == [["Outline"], ["Outline"]]
+    with pytest.raises(ValueError, match="holds 1 plans for 2 requests"):
+        framed_pipe(requests, plan=[["Walls"]], **kwargs)
+    with pytest.raises(ValueError, match=r"`plan\[1\]` must hold"):
+        framed_pipe(requests, plan=[["Walls"], []], **kwargs)

@@ -736,7 +736,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             raise ValueError(
                 "`num_images_per_prompt` applies to task='image'; pass a tutorial or question once per answer you want."
             )
-        steps = self._check_tutorial_inputs(requests, task, think, plan, num_steps, max_history_frames, history)
+        plans = self._check_tutorial_inputs(
+            requests, batched, task, think, plan, num_steps, max_history_frames, history
+        )
         check_integer("num_inference_steps", num_inference_steps, minimum=1)
         for name, value in (
             ("guidance_scale", guidance.scale),
@@ -789,10 +791,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                         f"{tuple(entity_mask_array(token, mask).shape)}."
                     )
         self._check_prompt_lengths(requests)
-        return CallPlan(requests, batched, steps, masks, sizes, generators)
+        return CallPlan(requests, batched, plans, masks, sizes, generators)
 
-    def _check_tutorial_inputs(self, requests, task, think, plan, num_steps, max_history_frames, history):
-        """Checks of the interleaved-only arguments; returns the given plan's steps."""
+    def _check_tutorial_inputs(self, requests, batched, task, think, plan, num_steps, max_history_frames, history):
+        """Checks of the interleaved-only arguments; returns each request's given steps (`None`: the model plans)."""
         if task != "interleaved":
             for name, value in (("plan", plan), ("num_steps", num_steps)):
                 if value is not None:
@@ -812,6 +814,23 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         check_integer("max_history_frames", max_history_frames, minimum=0)
         if history not in HISTORY_MODES:
             raise ValueError(f"`history` must be one of {HISTORY_MODES}; got {history!r}.")
+        per_request = (
+            batched
+            and isinstance(plan, (list, tuple))
+            and len(plan) > 0
+            and all(item is None or isinstance(item, (list, tuple)) for item in plan)
+        )
+        if not per_request:
+            return [self._plan_steps("plan", plan, num_steps)] * len(requests)
+        if len(plan) != len(requests):
+            raise ValueError(
+                f"`plan` holds {len(plan)} plans for {len(requests)} requests; give one plan (or None) per request, "
+                "or a single plan for all."
+            )
+        return [self._plan_steps(f"plan[{index}]", item, num_steps) for index, item in enumerate(plan)]
+
+    def _plan_steps(self, name: str, plan, num_steps: int | None) -> list[str] | None:
+        """The steps of one given plan (a list of step strings or a plan text), or `None` to let the model plan."""
         if plan is None:
             return None
         if isinstance(plan, str):
@@ -819,13 +838,14 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         elif isinstance(plan, (list, tuple)) and all(isinstance(step, str) for step in plan):
             steps = [step.strip() for step in plan]
         else:
-            raise TypeError("`plan` must be a list of step strings or a plan text ('Step 1: ... Step 2: ...').")
+            raise TypeError(f"`{name}` must be a list of step strings or a plan text ('Step 1: ... Step 2: ...').")
         if not steps or not all(steps):
-            raise ValueError(f"`plan` must hold at least one non-empty step; got {plan!r}.")
+            raise ValueError(f"`{name}` must hold at least one non-empty step; got {plan!r}.")
         if num_steps is not None and len(steps) > num_steps:
-            raise ValueError(f"`plan` has {len(steps)} steps, more than `num_steps` = {num_steps}.")
+            raise ValueError(f"`{name}` has {len(steps)} steps, more than `num_steps` = {num_steps}.")
+        max_frames = self.model.config.max_frames
         if max_frames and len(steps) > max_frames:
-            raise ValueError(f"`plan` has {len(steps)} steps but the model's frame table holds {max_frames} frames.")
+            raise ValueError(f"`{name}` has {len(steps)} steps but the model's frame table holds {max_frames} frames.")
         return steps
 
     def _check_entity_inputs(self, requests, batched, task, entity_masks, entity_scale) -> list[dict | None]:
@@ -970,8 +990,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 decomposition, style transfer); `"text"` answers (understanding: images enter through the ViT only);
                 `"interleaved"` writes a plan, then renders one frame per step (Loom's plan-first tutorials).
             think: first write a plan (`"image"`) or reasoning (`"text"`) under BAGEL's thinking system prompt.
-            plan: the tutorial's steps (a list, or a plan text to parse) instead of the model's own plan (used by
-                every request of a batch).
+            plan: the tutorial's steps (a list, or a plan text to parse) instead of the model's own plan; a batch
+                takes one plan for all requests, or a list with one plan (or `None`: the model plans) per request.
             num_images_per_prompt: images per request (`task="image"`); a request's thought is written once.
             num_steps: at most this many tutorial steps (the planning instruction asks for exactly this many).
             max_history_frames: Loom's history budget `K_max`: earlier frames shown when rendering a frame.
@@ -1096,7 +1116,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 elif task == "interleaved":
                     plans = self.generate_tutorials(
                         call.requests,
-                        [call.plan] * len(call.requests),
+                        list(call.plans),
                         call.sizes,
                         tutorial=TutorialSettings(num_steps, max_history_frames, history, use_step_text),
                         denoising=denoising,
@@ -1176,12 +1196,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
 @dataclass
 class CallPlan:
-    """A checked call: its requests (and whether they came as a batch), the given plan, per-request entity masks and
-    output sizes, and one generator per output."""
+    """A checked call: its requests (and whether they came as a batch), each request's given plan (tutorials),
+    per-request entity masks and output sizes, and one generator per output."""
 
     requests: list[list[str | PIL.Image.Image]]
     batched: bool
-    plan: list[str] | None
+    plans: list[list[str] | None] | None
     entity_masks: list[dict | None]
     sizes: list[tuple[int, int]]
     generators: list[torch.Generator | None]
