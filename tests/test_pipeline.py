@@ -209,3 +209,17 @@ def test_pipeline_class_is_recorded(tiny_pipe, tmp_path):
     assert index["vae"] == ["diffusers", "AutoencoderKL"]
     assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     assert isinstance(LoomInterleavedPipeline.from_pretrained(tmp_path), LoomInterleavedPipeline)
+
+
+def test_default_guidance_comes_from_the_pipeline_config(step_rows, tmp_path):
+    """A call that names no guidance uses the pipeline's saved defaults (the embedded model ships its own)."""
+    pipe, rows = step_rows
+    pipe.register_to_config(default_guidance_scale=1.0, default_image_guidance_scale=1.0)
+    pipe(PROMPT, num_inference_steps=2, height=32, width=32)
+    assert rows == [1, 1]  # guidance off: the conditional branch only
+    rows.clear()
+    pipe(PROMPT, num_inference_steps=1, height=32, width=32, guidance_scale=4.0, image_guidance_scale=2.0)
+    assert rows == [3]  # the call's own scales win: conditional, text-free and image-free rows
+    pipe.save_pretrained(tmp_path / "saved")
+    reloaded = LoomInterleavedPipeline.from_pretrained(tmp_path / "saved")
+    assert (reloaded.config.default_guidance_scale, reloaded.config.default_image_guidance_scale) == (1.0, 1.0)

@@ -171,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--num-steps", type=positive_int, help="at most this many steps (default: the model decides)")
     tutorial.add_argument("--plan-step", action="append", default=[], help="render this plan instead (repeat per step)")
     tutorial.add_argument("--steps", type=positive_int, default=20, help="denoising steps per frame (default 20)")
-    tutorial.add_argument("--guidance-scale", type=finite_float, default=4.0, help="text guidance scale (default 4.0)")
-    tutorial.add_argument("--image-guidance-scale", type=finite_float, default=2.0, help="image guidance scale (2.0)")
+    tutorial.add_argument("--guidance-scale", type=finite_float, help="text guidance scale (default: the model's)")
+    tutorial.add_argument(
+        "--image-guidance-scale", type=finite_float, help="image guidance scale (default: the model's)"
+    )
     tutorial.add_argument("--max-history-frames", type=non_negative_int, default=4, help="earlier frames per frame")
     tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")
     tutorial.add_argument("--seed", type=non_negative_int, default=0)

@@ -63,6 +63,7 @@ class LoomDemo:
         self.runner = PipelineRunner(pipe)
         self.model_name = model_name
         self.entity_tokens = pipe.processor.tokenizer.convert_ids_to_tokens(pipe.model.config.entity_token_ids)
+        self.guidance = (pipe.config.default_guidance_scale, pipe.config.default_image_guidance_scale)
 
     def tutorial(
         self,
@@ -215,14 +216,16 @@ class LoomDemo:
             answer = gr.Textbox(label="Answer", lines=6, interactive=False, elem_id="ask-answer")
         gr.on([run.click, question.submit], self.ask, [question, images], answer, concurrency_id=CONCURRENCY_ID)
 
-    @staticmethod
-    def _settings(tab: str) -> list[gr.components.Component]:
-        """Denoising steps, text and image guidance, seed: the controls every drawing tab shares."""
+    def _settings(self, tab: str) -> list[gr.components.Component]:
+        """Denoising steps, text and image guidance (starting at the model's defaults), seed: the controls every
+        drawing tab shares."""
         with gr.Accordion("Settings", open=False, elem_id=f"{tab}-settings"):
             denoising_steps = gr.Slider(1, 50, value=20, step=1, label="Denoising steps", elem_id=f"{tab}-denoise")
-            guidance = gr.Slider(0, 10, value=4.0, step=0.5, label="Text guidance", elem_id=f"{tab}-guidance")
+            guidance = gr.Slider(
+                0, 10, value=self.guidance[0], step=0.5, label="Text guidance", elem_id=f"{tab}-guidance"
+            )
             image_guidance = gr.Slider(
-                0, 10, value=2.0, step=0.5, label="Image guidance", elem_id=f"{tab}-image-guidance"
+                0, 10, value=self.guidance[1], step=0.5, label="Image guidance", elem_id=f"{tab}-image-guidance"
             )
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id=f"{tab}-seed")
         return [denoising_steps, guidance, image_guidance, seed]

@@ -291,8 +291,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first sample; sample i: seed + i")
     parser.add_argument("--max-new-tokens", type=positive_int, default=500, help="longest plan the model may write")
-    parser.add_argument("--guidance-scale", type=finite_float, default=4.0, help="text guidance scale (default 4.0)")
-    parser.add_argument("--image-guidance-scale", type=finite_float, default=2.0, help="image guidance scale (2.0)")
+    parser.add_argument("--guidance-scale", type=finite_float, help="text guidance scale (default: the model's)")
+    parser.add_argument("--image-guidance-scale", type=finite_float, help="image guidance scale (default: the model's)")
     parser.add_argument(
         "--history",
         choices=HISTORY_MODES,
