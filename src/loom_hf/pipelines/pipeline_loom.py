@@ -11,7 +11,6 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import GenerationConfig
@@ -23,6 +22,7 @@ from ..modeling.packing import HISTORY_MODES, encode_latents, history_frame_indi
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
+from .image_output import LoomVaeImageProcessor
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
 from .planning import format_plan, parse_plan, plan_instruction, step_turn
 from .requests import as_requests, check_integer, check_number, check_sequence_of_numbers, per_output_generators
@@ -187,7 +187,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(model=model, vae=vae, scheduler=scheduler, processor=processor)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
+        self.image_processor = LoomVaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
         self._call_device: torch.device | None = None
         self._call_lock = threading.RLock()
