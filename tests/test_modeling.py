@@ -146,6 +146,9 @@ def test_attention_backends_agree(model_and_inputs, implementation):
     model, inputs, _ = model_and_inputs
     reference = model(**inputs)
     model.set_attn_implementation(implementation)
+    # transformers switches only models whose attention goes through `ALL_ATTENTION_FUNCTIONS.get_interface(`,
+    # and otherwise just warns: the decoder must really run the requested implementation.
+    assert model.model.language_model.config._attn_implementation == implementation
     output = model(**inputs)
     torch.testing.assert_close(output.last_hidden_state, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(output.velocity, reference.velocity, atol=1e-5, rtol=1e-4)

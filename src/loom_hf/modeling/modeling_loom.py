@@ -12,13 +12,12 @@ import torch
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AttentionInterface, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2MLP,
     Qwen2RMSNorm,
@@ -32,6 +31,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .cache_loom import LoomCache
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
+from .document_attention import PER_DOCUMENT_ATTENTION, DocumentMasks, per_document_attention
 from .packing import (
     TokenType,
     create_loom_attention_mask,
@@ -52,6 +52,12 @@ __all__ = [
     "LoomForInterleavedGeneration",
     "LoomOutput",
 ]
+
+
+# transformers' attention functions plus Loom's per-document one, on a model-local interface (transformers' pattern
+# for functions of one model); a `DocumentMasks` mask selects it.
+ALL_ATTENTION_FUNCTIONS = AttentionInterface()
+ALL_ATTENTION_FUNCTIONS[PER_DOCUMENT_ATTENTION] = per_document_attention
 
 
 @dataclass
@@ -113,15 +119,23 @@ class LoomAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
-        q_dim, kv_dim = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
-        for suffix in ("", "_moe_gen"):
-            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_dim, bias=True))
-            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_dim, bias=True))
-            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_dim, bias=True))
-            setattr(self, f"o_proj{suffix}", nn.Linear(q_dim, config.hidden_size, bias=False))
-            norm = (lambda: Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps)) if config.qk_norm else nn.Identity
-            setattr(self, f"q_norm{suffix}", norm())
-            setattr(self, f"k_norm{suffix}", norm())
+        hidden, q_dim = config.hidden_size, config.num_attention_heads * self.head_dim
+        kv_dim = config.num_key_value_heads * self.head_dim
+        norm = (lambda: Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps)) if config.qk_norm else nn.Identity
+        # Understanding expert (text and ViT tokens): Qwen2's projections, plus BAGEL's q/k norms.
+        self.q_proj = nn.Linear(hidden, q_dim, bias=True)
+        self.k_proj = nn.Linear(hidden, kv_dim, bias=True)
+        self.v_proj = nn.Linear(hidden, kv_dim, bias=True)
+        self.o_proj = nn.Linear(q_dim, hidden, bias=False)
+        self.q_norm = norm()
+        self.k_norm = norm()
+        # Generation expert (latent tokens): the same shapes.
+        self.q_proj_moe_gen = nn.Linear(hidden, q_dim, bias=True)
+        self.k_proj_moe_gen = nn.Linear(hidden, kv_dim, bias=True)
+        self.v_proj_moe_gen = nn.Linear(hidden, kv_dim, bias=True)
+        self.o_proj_moe_gen = nn.Linear(q_dim, hidden, bias=False)
+        self.q_norm_moe_gen = norm()
+        self.k_norm_moe_gen = norm()
 
     def forward(
         self,
@@ -135,52 +149,32 @@ class LoomAttention(nn.Module):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
 
-        def project(name: str) -> torch.Tensor:
-            und, gen = getattr(self, name), getattr(self, f"{name}_moe_gen")
-            return route_experts(und, gen, hidden_states, route).view(hidden_shape)
-
-        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, project("q_proj"), route)
-        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, project("k_proj"), route)
-        query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
-        value_states = project("v_proj").transpose(1, 2)
+        query_states = route_experts(self.q_proj, self.q_proj_moe_gen, hidden_states, route).view(hidden_shape)
+        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, query_states, route).transpose(1, 2)
+        key_states = route_experts(self.k_proj, self.k_proj_moe_gen, hidden_states, route).view(hidden_shape)
+        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, key_states, route).transpose(1, 2)
+        value_states = route_experts(self.v_proj, self.v_proj_moe_gen, hidden_states, route).view(hidden_shape)
+        value_states = value_states.transpose(1, 2)
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+        implementation = self.config._attn_implementation
+        if isinstance(attention_mask, DocumentMasks):
+            implementation = PER_DOCUMENT_ATTENTION
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
         )
-        dropout = 0.0 if not self.training else self.attention_dropout
-        spans = kwargs.pop("document_spans", None)
-        if spans is None:
-            attn_output, attn_weights = attention_interface(
-                self,
-                query_states,
-                key_states,
-                value_states,
-                attention_mask,
-                dropout=dropout,
-                scaling=self.scaling,
-                **kwargs,
-            )
-        else:
-            # Packed samples attend separately; `attention_mask` holds one mask per sample.
-            pieces = [
-                attention_interface(
-                    self,
-                    query_states[:, :, start:end],
-                    key_states[:, :, start:end],
-                    value_states[:, :, start:end],
-                    sample_mask,
-                    dropout=dropout,
-                    scaling=self.scaling,
-                    **kwargs,
-                )[0]
-                for (start, end), sample_mask in zip(spans, attention_mask)
-            ]
-            attn_output, attn_weights = torch.cat(pieces, dim=1), None
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, route), attn_weights
 
@@ -359,18 +353,20 @@ class LoomTextModel(LoomPreTrainedModel, CacheMixin):
             attention_kwargs["is_causal"] = self._flash_is_causal(block_ids, noised, document_ids)
         if self._attends_per_document(inputs_embeds, attention_mask, past_key_values, document_ids):
             spans = document_spans(document_ids)
-            mask = [
-                create_loom_attention_mask(
-                    self.config,
-                    inputs_embeds[:, start:end],
-                    None,
-                    None,
-                    None if block_ids is None else block_ids[:, start:end],
-                    None if noised is None else noised[:, start:end],
-                )
-                for start, end in spans
-            ]
-            attention_kwargs["document_spans"] = spans
+            mask = DocumentMasks(
+                spans,
+                [
+                    create_loom_attention_mask(
+                        self.config,
+                        inputs_embeds[:, start:end],
+                        None,
+                        None,
+                        None if block_ids is None else block_ids[:, start:end],
+                        None if noised is None else noised[:, start:end],
+                    )
+                    for start, end in spans
+                ],
+            )
         else:
             mask = create_loom_attention_mask(
                 self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
