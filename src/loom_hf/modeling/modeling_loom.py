@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2MLP,
     Qwen2RMSNorm,
@@ -29,7 +29,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .cache_loom import LoomCache
+from .cache_loom import LoomCache, next_positions
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
 from .document_attention import PER_DOCUMENT_ATTENTION, DocumentMasks, per_document_attention
 from .packing import (
@@ -433,8 +433,9 @@ class LoomVisionModel(LoomPreTrainedModel):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> torch.Tensor:
-        """`pixel_values`: `[num_patches, channels·patch²]` of all images; returns `[num_patches, hidden]`."""
+    def forward(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> BaseModelOutput:
+        """`pixel_values`: `[num_patches, channels·patch²]` of all images; `last_hidden_state`: `[num_patches, hidden]`
+        (the images' tokens concatenated, as packed as the patches)."""
         embeddings = self.embeddings(pixel_values, image_grid_hw)
         lengths = (image_grid_hw[:, 0] * image_grid_hw[:, 1]).tolist()
         per_image = list(embeddings.split(lengths))
@@ -446,7 +447,7 @@ class LoomVisionModel(LoomPreTrainedModel):
             encoded = self.encoder(inputs_embeds=batch).last_hidden_state
             for row, i in enumerate(indices):
                 outputs[i] = encoded[row]
-        return self.post_layernorm(torch.cat(outputs)) if outputs else embeddings
+        return BaseModelOutput(last_hidden_state=self.post_layernorm(torch.cat(outputs)) if outputs else embeddings)
 
 
 @dataclass
@@ -497,7 +498,7 @@ class LoomModel(LoomPreTrainedModel):
         """ViT tokens in the language model's space: `connector(ViT(patches)) + vit_pos_embed`."""
         # Processors return float32 patches; a bfloat16 (or float16) model reads them in its own dtype.
         pixel_values = pixel_values.to(self.vision_model.dtype)
-        features = self.connector(self.vision_model(pixel_values, image_grid_hw))
+        features = self.connector(self.vision_model(pixel_values, image_grid_hw).last_hidden_state)
         positions = grid_position_ids(image_grid_hw, self.config.vision_config.max_num_patches_per_side)
         return features + self.vit_pos_embed(positions).to(features.dtype)
 
@@ -533,6 +534,42 @@ class LoomModel(LoomPreTrainedModel):
         embeddings = self.frame_embed(frame_ids.clamp(min=0))
         return embeddings * (frame_ids >= 0).unsqueeze(-1).to(embeddings.dtype)
 
+    def merge_visual_embeddings(
+        self,
+        inputs_embeds: torch.Tensor,
+        token_types: torch.LongTensor,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hw: torch.LongTensor | None = None,
+        latents: torch.Tensor | None = None,
+        latent_grid_hw: torch.LongTensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        frame_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """`inputs_embeds` with the ViT and latent tokens placed at their `token_types` positions, and Loom's frame
+        embeddings added to the visual tokens of each frame."""
+        if pixel_values is not None:
+            features = self.get_image_features(pixel_values, image_grid_hw)
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT, features, "ViT")
+        if latents is not None:
+            if timesteps is None:
+                raise ValueError("`latents` need `timesteps` (σ per latent image; 0 for a clean image).")
+            features = self.get_latent_embeddings(latents, latent_grid_hw, timesteps)
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT, features, "latent")
+        if frame_ids is not None:
+            inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
+        return inputs_embeds
+
+    @staticmethod
+    def rope_positions(
+        block_ids: torch.LongTensor | None, past_key_values: Cache | None, attention_mask: torch.Tensor | None
+    ) -> torch.LongTensor:
+        """BAGEL RoPE positions of the new tokens, continuing the cache (see [`next_positions`])."""
+        if block_ids is None:
+            raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
+        padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        return rope_position_ids(block_ids, next_positions(past_key_values).to(block_ids.device), padding)
+
     @can_return_tuple
     def forward(
         self,
@@ -565,33 +602,32 @@ class LoomModel(LoomPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        # 1. Embed: token embeddings, with ViT and latent tokens merged in at their positions and frame embeddings
+        token_types = mm_token_type_ids
         if inputs_embeds is None:
             inputs_embeds = self.language_model.embed_tokens(input_ids)
-        token_types = mm_token_type_ids
         if token_types is None:
             token_types = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        if pixel_values is not None:
-            features = self.get_image_features(pixel_values, image_grid_hw)
-            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT, features, "ViT")
-        if latents is not None:
-            if timesteps is None:
-                raise ValueError("`latents` need `timesteps` (σ per latent image; 0 for a clean image).")
-            features = self.get_latent_embeddings(latents, latent_grid_hw, timesteps)
-            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT, features, "latent")
-        if frame_ids is not None:
-            inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
+        inputs_embeds = self.merge_visual_embeddings(
+            inputs_embeds,
+            token_types,
+            pixel_values=pixel_values,
+            image_grid_hw=image_grid_hw,
+            latents=latents,
+            latent_grid_hw=latent_grid_hw,
+            timesteps=timesteps,
+            frame_ids=frame_ids,
+        )
 
+        # 2. Positions: BAGEL's counter, continuing the cache
         if use_cache and past_key_values is None:
             past_key_values = LoomCache()
         if block_ids is None and input_ids is not None:
             block_ids = image_block_ids(input_ids, self.config.vision_start_token_id, self.config.vision_end_token_id)
         if position_ids is None:
-            if block_ids is None:
-                raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
-            start = past_key_values.next_position if isinstance(past_key_values, LoomCache) else torch.zeros(1)
-            padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-            position_ids = rope_position_ids(block_ids, start.to(block_ids.device), padding)
+            position_ids = self.rope_positions(block_ids, past_key_values, attention_mask)
 
+        # 3. Decode
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
