@@ -76,7 +76,7 @@ def branch_velocity(pipe, cache, latents: torch.Tensor, sigma: torch.Tensor) -> 
     """Packed velocity `[tokens, channels]` of one `(1, C, h, w)` latent image at flow time `sigma` attending
     read-only to `cache`: one plain model forward pass, independent of the pipeline's batched denoising."""
     from loom_hf.modeling import TokenType
-    from loom_hf.modeling.packing import pack_latents
+    from loom_hf.modeling.latents import pack_latents
 
     patch = pipe.model.config.latent_patch_size
     tokens = pack_latents(latents, patch)

@@ -10,7 +10,7 @@ from diffusers.hooks import FasterCacheConfig, FirstBlockCacheConfig, TaylorSeer
 from PIL import Image
 
 from loom_hf import LoomCache, TextSegment
-from loom_hf.modeling.packing import unpack_latents
+from loom_hf.modeling.latents import unpack_latents
 from loom_hf.pipelines.guidance import GuidanceConfig, guided_velocity
 from loom_hf.pipelines.pipeline_loom import ImageJob
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loom_hf.modeling.packing import unpack_latents
+from loom_hf.modeling.latents import unpack_latents
 from loom_hf.pipelines.guidance import guidance_active, guided_velocity
 
 from .conftest import branch_velocity

@@ -105,7 +105,7 @@ class FrameProgress:
         from huggingface_hub.utils import tqdm
 
         from .pipelines import ImageSegment
-        from .pipelines.planning import parse_plan
+        from .planning import parse_plan
 
         if index == 0:
             steps = parse_plan(segment.text)

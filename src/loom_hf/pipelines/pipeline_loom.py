@@ -18,13 +18,14 @@ from transformers.generation import StoppingCriteriaList
 
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from ..modeling.convert_bagel import load_bagel_release
-from ..modeling.packing import HISTORY_MODES, encode_latents, history_frame_indices, pack_latents, unpack_latents
+from ..modeling.history import HISTORY_MODES, history_frame_indices
+from ..modeling.latents import encode_latents, pack_latents, unpack_latents
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
+from ..planning import format_plan, parse_plan, plan_instruction, step_turn
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .image_output import LoomVaeImageProcessor
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
-from .planning import format_plan, parse_plan, plan_instruction, step_turn
 from .requests import as_requests, check_integer, check_number, check_sequence_of_numbers, per_output_generators
 from .text_decoding import InterruptCriteria, ProgressStreamer, sampling_processors, text_generation_config
 

@@ -7,7 +7,7 @@ import warnings
 import datasets
 import torch
 
-from ..modeling.packing import HISTORY_MODES
+from ..modeling.history import HISTORY_MODES
 from .collator import DrawnBatch, LoomDataCollator
 from .instances import Instance, build_instance, instance_keys
 from .schema import ON_ERROR_CHOICES, validate_rows

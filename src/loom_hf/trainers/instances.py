@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
-from ..modeling.packing import history_frame_indices, rotation_offset_limit
-from ..pipelines.planning import format_plan, plan_instruction, step_turn
+from ..modeling.history import history_frame_indices, rotation_offset_limit
+from ..planning import format_plan, plan_instruction, step_turn
 
 __all__ = ["TextItem", "ImageItem", "Instance", "instance_keys", "build_instance"]
 

@@ -5,7 +5,7 @@ import torch
 from datasets.fingerprint import Hasher
 from diffusers import AutoencoderKL
 
-from ..modeling.packing import encode_latents, pack_latents
+from ..modeling.latents import encode_latents, pack_latents
 from ..modeling.processing_loom import LoomProcessor
 from .schema import IMAGE_FIELDS, validate_rows
 

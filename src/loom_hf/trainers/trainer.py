@@ -15,7 +15,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
 from ..modeling import LoomForInterleavedGeneration
-from ..modeling.packing import HISTORY_MODES, encode_latents, pack_latents
+from ..modeling.history import HISTORY_MODES
+from ..modeling.latents import encode_latents, pack_latents
 from .argument_checks import check_training_numbers
 from .checkpoint import check_checkpoint
 from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
