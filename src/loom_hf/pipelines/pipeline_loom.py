@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -16,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList
 
+from ..file_checks import check_saved_folder, read_json
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from ..modeling.convert_bagel import load_bagel_release
 from ..modeling.history import HISTORY_MODES, history_frame_indices
@@ -227,8 +229,15 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "LoomInterleavedPipeline":
         """`DiffusionPipeline.from_pretrained`; a `quantization_config` (`PipelineQuantizationConfig`) whose backend
-        is not installed is refused before any component loads."""
+        is not installed is refused before any component loads, and in a local folder every JSON and safetensors file
+        of `model_index.json` and its components is checked readable first (a broken one is named in the error)."""
         check_quantization_backend(kwargs.get("quantization_config"))
+        folder = Path(pretrained_model_name_or_path)
+        if (folder / "model_index.json").is_file():
+            index = read_json(folder / "model_index.json", "pipeline")
+            for component in sorted(name for name in index if not name.startswith("_")):
+                if (folder / component).is_dir():
+                    check_saved_folder(folder / component, "pipeline")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def enable_group_offload(self, onload_device: torch.device | str, *args, **kwargs) -> None:
