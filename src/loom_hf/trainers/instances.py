@@ -69,6 +69,7 @@ def _images(row: dict, column: str) -> list[tuple[PIL.Image.Image, torch.Tensor 
 def build_instance(
     row: dict,
     key: int,
+    *,
     max_history_frames: int = 4,
     history: str = "sparse",
     rng: random.Random | None = None,
