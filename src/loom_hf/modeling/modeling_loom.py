@@ -119,23 +119,26 @@ class LoomAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
-        hidden, q_dim = config.hidden_size, config.num_attention_heads * self.head_dim
-        kv_dim = config.num_key_value_heads * self.head_dim
-        norm = (lambda: Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps)) if config.qk_norm else nn.Identity
         # Understanding expert (text and ViT tokens): Qwen2's projections, plus BAGEL's q/k norms.
-        self.q_proj = nn.Linear(hidden, q_dim, bias=True)
-        self.k_proj = nn.Linear(hidden, kv_dim, bias=True)
-        self.v_proj = nn.Linear(hidden, kv_dim, bias=True)
-        self.o_proj = nn.Linear(q_dim, hidden, bias=False)
-        self.q_norm = norm()
-        self.k_norm = norm()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = self._projections(config)
+        self.q_norm, self.k_norm = self._qk_norm(config), self._qk_norm(config)
         # Generation expert (latent tokens): the same shapes.
-        self.q_proj_moe_gen = nn.Linear(hidden, q_dim, bias=True)
-        self.k_proj_moe_gen = nn.Linear(hidden, kv_dim, bias=True)
-        self.v_proj_moe_gen = nn.Linear(hidden, kv_dim, bias=True)
-        self.o_proj_moe_gen = nn.Linear(q_dim, hidden, bias=False)
-        self.q_norm_moe_gen = norm()
-        self.k_norm_moe_gen = norm()
+        self.q_proj_moe_gen, self.k_proj_moe_gen, self.v_proj_moe_gen, self.o_proj_moe_gen = self._projections(config)
+        self.q_norm_moe_gen, self.k_norm_moe_gen = self._qk_norm(config), self._qk_norm(config)
+
+    def _projections(self, config: LoomTextConfig) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """One expert's q, k, v (with bias, as Qwen2) and o (without) projections."""
+        q_dim, kv_dim = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
+        return (
+            nn.Linear(config.hidden_size, q_dim, bias=True),
+            nn.Linear(config.hidden_size, kv_dim, bias=True),
+            nn.Linear(config.hidden_size, kv_dim, bias=True),
+            nn.Linear(q_dim, config.hidden_size, bias=False),
+        )
+
+    def _qk_norm(self, config: LoomTextConfig) -> nn.Module:
+        """BAGEL's per-head RMSNorm of queries or keys (an identity without `qk_norm`)."""
+        return Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.qk_norm else nn.Identity()
 
     def forward(
         self,
@@ -534,32 +537,6 @@ class LoomModel(LoomPreTrainedModel):
         embeddings = self.frame_embed(frame_ids.clamp(min=0))
         return embeddings * (frame_ids >= 0).unsqueeze(-1).to(embeddings.dtype)
 
-    def merge_visual_embeddings(
-        self,
-        inputs_embeds: torch.Tensor,
-        token_types: torch.LongTensor,
-        *,
-        pixel_values: torch.Tensor | None = None,
-        image_grid_hw: torch.LongTensor | None = None,
-        latents: torch.Tensor | None = None,
-        latent_grid_hw: torch.LongTensor | None = None,
-        timesteps: torch.Tensor | None = None,
-        frame_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
-        """`inputs_embeds` with the ViT and latent tokens placed at their `token_types` positions, and Loom's frame
-        embeddings added to the visual tokens of each frame."""
-        if pixel_values is not None:
-            features = self.get_image_features(pixel_values, image_grid_hw)
-            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT, features, "ViT")
-        if latents is not None:
-            if timesteps is None:
-                raise ValueError("`latents` need `timesteps` (σ per latent image; 0 for a clean image).")
-            features = self.get_latent_embeddings(latents, latent_grid_hw, timesteps)
-            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT, features, "latent")
-        if frame_ids is not None:
-            inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
-        return inputs_embeds
-
     @staticmethod
     def rope_positions(
         block_ids: torch.LongTensor | None, past_key_values: Cache | None, attention_mask: torch.Tensor | None
@@ -608,16 +585,16 @@ class LoomModel(LoomPreTrainedModel):
             inputs_embeds = self.language_model.embed_tokens(input_ids)
         if token_types is None:
             token_types = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        inputs_embeds = self.merge_visual_embeddings(
-            inputs_embeds,
-            token_types,
-            pixel_values=pixel_values,
-            image_grid_hw=image_grid_hw,
-            latents=latents,
-            latent_grid_hw=latent_grid_hw,
-            timesteps=timesteps,
-            frame_ids=frame_ids,
-        )
+        if pixel_values is not None:
+            features = self.get_image_features(pixel_values, image_grid_hw)
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT, features, "ViT")
+        if latents is not None:
+            if timesteps is None:
+                raise ValueError("`latents` need `timesteps` (σ per latent image; 0 for a clean image).")
+            features = self.get_latent_embeddings(latents, latent_grid_hw, timesteps)
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT, features, "latent")
+        if frame_ids is not None:
+            inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
 
         # 2. Positions: BAGEL's counter, continuing the cache
         if use_cache and past_key_values is None:
