@@ -21,7 +21,7 @@ import torch
 from loom_hf import DEFAULT_MODEL, LoomInterleavedPipeline
 from loom_hf.data.synth import HELD_OUT_PAIRS, build_dataset, drawing_tutorial
 from loom_hf.evaluation.metrics import psnr, ssim
-from loom_hf.modeling.packing import encode_latents
+from loom_hf.modeling.latents import encode_latents
 
 
 def encode_decode(pipe: LoomInterleavedPipeline, image):

@@ -16,7 +16,8 @@ import time
 import torch
 from PIL import Image
 
-from loom_hf.modeling.packing import TokenType, pack_latents, unpack_latents
+from loom_hf.modeling.latents import pack_latents, unpack_latents
+from loom_hf.modeling.packing import TokenType
 from loom_hf.pipelines.guidance import GuidanceConfig, guided_velocity
 from loom_hf.pipelines.pipeline_loom import ImageJob
 from loom_hf.tiny import SMALL_TEXT_CONFIG, tiny_pipeline

@@ -18,7 +18,7 @@ import torch
 
 from loom_hf.pipelines.guidance import GuidanceConfig
 from loom_hf.pipelines.pipeline_loom import DenoisingSettings, ImageJob, TutorialSettings
-from loom_hf.pipelines.planning import format_plan, plan_instruction
+from loom_hf.planning import format_plan, plan_instruction
 from loom_hf.tiny import tiny_pipeline
 
 

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 from trl import SFTConfig, SFTTrainer
 
 from loom_hf import LoomInterleavedPipeline
-from loom_hf.pipelines.planning import format_plan, plan_instruction
+from loom_hf.planning import format_plan, plan_instruction
 from loom_hf.tiny import tiny_pipeline
 from loom_hf.trainers import PLAN_TASKS
 

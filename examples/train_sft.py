@@ -126,7 +126,9 @@ def main() -> None:
     model.set_attn_implementation(model_args.attn_implementation)
     select_trainable_parameters(model, training_args.train_experts)
     if model_args.lora_rank > 0:
-        config: LoraConfig = lora_config(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_targets)
+        config: LoraConfig = lora_config(
+            model, rank=model_args.lora_rank, alpha=model_args.lora_alpha, targets=model_args.lora_targets
+        )
         model.add_adapter(config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Trainable parameters: %d of %d.", trainable, sum(p.numel() for p in model.parameters()))

@@ -70,3 +70,24 @@ def framed_pipe():
     torch.nn.init.normal_(pipe.model.model.frame_embed.weight, std=0.5)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def branch_velocity(pipe, cache, latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Packed velocity `[tokens, channels]` of one `(1, C, h, w)` latent image at flow time `sigma` attending
+    read-only to `cache`: one plain model forward pass, independent of the pipeline's batched denoising."""
+    from loom_hf.modeling import TokenType
+    from loom_hf.modeling.latents import pack_latents
+
+    patch = pipe.model.config.latent_patch_size
+    tokens = pack_latents(latents, patch)
+    ids, types = pipe.processor.image_block(tokens.shape[0], TokenType.LATENT)
+    with cache.read_only(), torch.no_grad():
+        output = pipe.model(
+            input_ids=torch.tensor([ids]),
+            mm_token_type_ids=torch.tensor([types]),
+            latents=tokens,
+            latent_grid_hw=torch.tensor([[latents.shape[-2] // patch, latents.shape[-1] // patch]]),
+            timesteps=sigma.reshape(1),
+            past_key_values=cache,
+        )
+    return output.velocity

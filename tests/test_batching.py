@@ -10,9 +10,11 @@ from diffusers.hooks import FasterCacheConfig, FirstBlockCacheConfig, TaylorSeer
 from PIL import Image
 
 from loom_hf import LoomCache, TextSegment
-from loom_hf.modeling.packing import pack_latents, unpack_latents
+from loom_hf.modeling.latents import unpack_latents
 from loom_hf.pipelines.guidance import GuidanceConfig, guided_velocity
 from loom_hf.pipelines.pipeline_loom import ImageJob
+
+from .conftest import branch_velocity
 
 RED = Image.new("RGB", (64, 64), (200, 30, 30))
 BLUE = Image.new("RGB", (64, 64), (20, 60, 210))
@@ -107,24 +109,12 @@ def test_batched_guidance_forward_equals_the_serial_branches(tiny_pipe):
     guidance = GuidanceConfig(scale=4.0, image_scale=2.0, renorm="global")
     batched = tiny_pipe.guided_velocities(jobs, latents, sigma, guidance)
 
-    processor, model = tiny_pipe.processor, tiny_pipe.model
-    ids, types = processor.image_block(4, 2)
     for index, job in enumerate(jobs):
-        tokens = pack_latents(latents[index : index + 1])
-        branch = {}
-        for name in ("cond", "text_uncond", "image_uncond"):
-            cache = job.contexts.branch(name)
-            with cache.read_only():
-                output = model(
-                    input_ids=torch.tensor([ids]),
-                    mm_token_type_ids=torch.tensor([types]),
-                    latents=tokens,
-                    latent_grid_hw=torch.tensor([[2, 2]]),
-                    timesteps=sigma.reshape(1),
-                    past_key_values=cache,
-                )
-            branch[name] = output.velocity
-        expected = guided_velocity(branch["cond"], branch["text_uncond"], branch["image_uncond"], 4.0, 2.0, "global")
+        branches = [
+            branch_velocity(tiny_pipe, job.contexts.branch(name), latents[index : index + 1], sigma)
+            for name in ("cond", "text_uncond", "image_uncond")
+        ]
+        expected = guided_velocity(*branches, 4.0, 2.0, "global")
         torch.testing.assert_close(batched[index : index + 1], unpack_latents(expected, 2, 2), atol=1e-5, rtol=0)
 
 

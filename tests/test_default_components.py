@@ -17,7 +17,7 @@ from loom_hf.data import build_dataset
 from loom_hf.data.tokenizer import CONTROL_TOKENS, caption_texts, train_caption_tokenizer
 from loom_hf.modeling import LoomImageProcessor, LoomProcessor
 from loom_hf.modeling.processing_loom import ENTITY_TOKENS
-from loom_hf.pipelines.planning import format_plan, plan_instruction
+from loom_hf.planning import format_plan, plan_instruction
 
 TRAIN_VAE = Path(__file__).parents[1] / "examples" / "default_model" / "train_vae.py"
 

@@ -1,10 +1,14 @@
-"""BAGEL's three-context guidance combination and its interval rule."""
+"""BAGEL's three-context guidance combination and its interval rule, alone and through the pipeline."""
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from loom_hf.modeling.latents import unpack_latents
 from loom_hf.pipelines.guidance import guidance_active, guided_velocity
+
+from .conftest import branch_velocity
 
 
 @pytest.fixture
@@ -61,3 +65,34 @@ def test_interval_compares_the_shifted_time():
     active = [guidance_active(float(s), (0.4, 1.0)) for s in shifted[:-1]]
     assert len(active) == 49 and sum(active) == 41 and all(active[:41])
     assert not guidance_active(0.4, (0.4, 1.0)) and guidance_active(1.0, (0.4, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("renorm", "renorm_min"), [("channel", 0.0), ("text_channel", 0.0), ("global", 0.99), ("channel", 0.99)]
+)
+def test_renorm_options_reach_the_pipelines_euler_step(tiny_pipe, renorm, renorm_min):
+    """One Euler step from σ = 1 to 0 moves the noise by minus the guided velocity: `guided_velocity` of the three
+    branch velocities computed one by one, with the call's renorm options (which give another velocity than the
+    default global renorm without a lower clamp). The tiny model's branches differ by about 1 %, so the renorm ratio is
+    about 0.95: a lower clamp of 0.99 acts."""
+    request = [Image.new("RGB", (32, 32), (200, 30, 30)), "Make it blue."]
+    noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    scales = {"guidance_scale": 8.0, "image_guidance_scale": 2.0}
+    final = tiny_pipe(
+        request,
+        num_inference_steps=1,
+        guidance_renorm=renorm,
+        guidance_renorm_min=renorm_min,
+        latents=noise,
+        output_type="latent",
+        **scales,
+    ).images[0]
+
+    contexts = tiny_pipe.encode_context(request)
+    branches = [
+        branch_velocity(tiny_pipe, contexts.branch(name), noise, torch.tensor(1.0))
+        for name in ("cond", "text_uncond", "image_uncond")
+    ]
+    expected = guided_velocity(*branches, 8.0, 2.0, renorm, renorm_min)
+    torch.testing.assert_close(noise - final, unpack_latents(expected, 2, 2), atol=1e-5, rtol=0)
+    assert (expected - guided_velocity(*branches, 8.0, 2.0)).abs().max() > 1e-3

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from loom_hf import ImageSegment, TextSegment
-from loom_hf.modeling.packing import history_frame_indices, rotation_offset_limit
+from loom_hf.modeling.history import history_frame_indices, rotation_offset_limit
 from loom_hf.pipelines.guidance import GuidanceConfig
 from loom_hf.pipelines.pipeline_loom import DenoisingSettings, ImageJob
-from loom_hf.pipelines.planning import format_plan, parse_plan, plan_instruction, step_turn
+from loom_hf.planning import format_plan, parse_plan, plan_instruction, step_turn
 
 PLAN = [
     "Draw the square walls",

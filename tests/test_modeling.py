@@ -3,7 +3,8 @@
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, DynamicCache
+from transformers.modeling_outputs import BaseModelOutput
 
 from loom_hf import LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from loom_hf.tiny import tiny_config, tiny_tokenizer
@@ -67,6 +68,27 @@ def test_block_by_block_prefill_equals_one_forward(model_and_inputs):
     n = spans["text_1"].stop
     assert cache.next_position.item() == n + 2 + (spans["text_2"].stop - spans["text_2"].start)
     assert len(full.hidden_states) == model.config.text_config.num_hidden_layers + 1
+
+
+@pytest.mark.parametrize("cache_class", [LoomCache, DynamicCache])
+@torch.no_grad()
+def test_text_continues_the_positions_of_any_cache(tiny_pipe, cache_class):
+    """A text turn after a filled cache, a plain `DynamicCache` included, takes the positions after the cached
+    tokens (its logits are those of one forward over both turns); positions reach the decoder as integers, without a
+    cache too."""
+    model, processor = tiny_pipe.model, tiny_pipe.processor
+    first, second = processor.text_block("Draw a red house"), processor.text_block("Add the roof")
+    positions = []
+    model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: positions.append(kwargs["position_ids"]), with_kwargs=True
+    )
+    whole = model(input_ids=torch.tensor([first + second])).logits[:, len(first) :]
+    cache = cache_class(config=model.config.text_config) if cache_class is DynamicCache else cache_class()
+    model(input_ids=torch.tensor([first]), past_key_values=cache)
+    continued = model(input_ids=torch.tensor([second]), past_key_values=cache).logits
+    torch.testing.assert_close(continued, whole, atol=1e-5, rtol=1e-5)
+    assert positions[2].tolist() == [list(range(len(first), len(first) + len(second)))]
+    assert all(not position.is_floating_point() for position in positions)
 
 
 @torch.no_grad()
@@ -146,6 +168,9 @@ def test_attention_backends_agree(model_and_inputs, implementation):
     model, inputs, _ = model_and_inputs
     reference = model(**inputs)
     model.set_attn_implementation(implementation)
+    # transformers switches only models whose attention goes through `ALL_ATTENTION_FUNCTIONS.get_interface(`,
+    # and otherwise just warns: the decoder must really run the requested implementation.
+    assert model.model.language_model.config._attn_implementation == implementation
     output = model(**inputs)
     torch.testing.assert_close(output.last_hidden_state, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(output.velocity, reference.velocity, atol=1e-5, rtol=1e-4)
@@ -198,6 +223,16 @@ def test_frame_table_is_off_by_default_and_a_no_op_when_zero(model_and_inputs):
     torch.testing.assert_close(framed(**inputs, frame_ids=frames).velocity, plain(**inputs).velocity)
     with pytest.raises(ValueError, match="frame table holds 4"):
         framed(**inputs, frame_ids=frames + 3)
+
+
+@torch.no_grad()
+def test_vision_tower_returns_a_model_output(model_and_inputs):
+    """The ViT alone (as `AutoModel` builds it from a `LoomVisionConfig`) returns a `BaseModelOutput` with one row
+    per patch of the packed images."""
+    model, inputs, _ = model_and_inputs
+    output = model.model.vision_model(inputs["pixel_values"], inputs["image_grid_hw"])
+    assert isinstance(output, BaseModelOutput)
+    assert output.last_hidden_state.shape == (4, model.config.vision_config.hidden_size)
 
 
 def test_scatter_checks_token_counts(model_and_inputs):

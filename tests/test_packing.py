@@ -7,15 +7,14 @@ from transformers.masking_utils import create_causal_mask
 
 from loom_hf import LoomImageProcessor, LoomTextConfig
 from loom_hf.modeling.cache_loom import LoomCache
+from loom_hf.modeling.latents import pack_latents, unpack_latents
 from loom_hf.modeling.packing import (
     create_loom_attention_mask,
     grid_position_ids,
     image_block_ids,
     noise_isolation_function,
     noised_blocks_end_their_rows,
-    pack_latents,
     rope_position_ids,
-    unpack_latents,
 )
 
 START, END, PAD = 90, 91, 92

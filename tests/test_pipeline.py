@@ -97,6 +97,34 @@ def test_output_types_and_segments(tiny_pipe):
     assert isinstance(segments[0], ImageSegment)
 
 
+@pytest.mark.parametrize(
+    ("task", "system_prompt"), [("text", "vlm_think_system_prompt"), ("image", "gen_think_system_prompt")]
+)
+def test_think_decodes_after_the_official_system_prompt_of_its_task(
+    tiny_pipe, fixture_cases, monkeypatch, task, system_prompt
+):
+    """With `think`, the context the thought is decoded from holds the official system prompt of the task (reasoning
+    for answers, planning for images) as its first turn, then the prompt."""
+    cached = []
+    decode_texts = tiny_pipe.decode_texts
+
+    def recording_decode_texts(contexts, *args, **kwargs):
+        cached.extend(context.token_ids[0].tolist() for context in contexts)
+        return decode_texts(contexts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe, "decode_texts", recording_decode_texts)
+    image_args = {"num_inference_steps": 1, "height": 32, "width": 32} if task == "image" else {}
+    tiny_pipe(PROMPT, task=task, think=True, max_new_tokens=2, **image_args)
+
+    tokenizer = tiny_pipe.processor.tokenizer
+    start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+
+    def turn(text: str) -> list[int]:
+        return [start, *tokenizer.encode(text, add_special_tokens=False), end]
+
+    assert cached == [turn(fixture_cases["config"][system_prompt]) + turn(PROMPT[0])]
+
+
 def test_generator_reproduces_and_seeds_differ(tiny_pipe):
     def run(seed):
         generator = torch.Generator().manual_seed(seed)

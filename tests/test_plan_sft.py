@@ -7,7 +7,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from loom_hf.data import build_dataset
-from loom_hf.pipelines.planning import format_plan, plan_instruction
+from loom_hf.planning import format_plan, plan_instruction
 from loom_hf.tiny import tiny_pipeline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_plan_sft.py"

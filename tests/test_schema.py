@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loom_hf.pipelines.planning import parse_plan
+from loom_hf.planning import parse_plan
 from loom_hf.trainers import (
     LOOM_FEATURES,
     TASKS,

@@ -16,7 +16,9 @@ from transformers import TrainerCallback
 
 from loom_hf import TokenType
 from loom_hf.data import build_dataset
-from loom_hf.modeling.packing import create_loom_attention_mask, history_frame_indices, pack_latents
+from loom_hf.modeling.history import history_frame_indices
+from loom_hf.modeling.latents import pack_latents
+from loom_hf.modeling.packing import create_loom_attention_mask
 from loom_hf.tiny import tiny_pipeline
 from loom_hf.trainers import (
     ImageItem,

@@ -74,7 +74,10 @@ def generate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     images = [_read_image(path, output_dir) for path in args.image]
-    pipe = LoomInterleavedPipeline.from_pretrained(model, dtype=torch.float32)
+    try:
+        pipe = LoomInterleavedPipeline.from_pretrained(model, dtype=torch.float32)
+    except (OSError, ValueError) as error:  # a broken file of the folder, named
+        raise SystemExit(f"error: {error}") from error
     pipe.set_progress_bar_config(disable=True)
     with FrameProgress() as progress:
         output = pipe(
@@ -105,7 +108,7 @@ class FrameProgress:
         from huggingface_hub.utils import tqdm
 
         from .pipelines import ImageSegment
-        from .pipelines.planning import parse_plan
+        from .planning import parse_plan
 
         if index == 0:
             steps = parse_plan(segment.text)

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ..modeling.processing_loom import ENTITY_TOKENS
-from ..pipelines.planning import format_plan, plan_instruction, step_turn
+from ..planning import format_plan, plan_instruction, step_turn
 from ..trainers.schema import PLAN_TASKS
 
 __all__ = ["CONTROL_TOKENS", "PAD_TOKEN", "EOS_TOKEN", "caption_texts", "train_caption_tokenizer"]

@@ -22,7 +22,7 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from ..data import rle_to_mask
-from ..modeling.packing import HISTORY_MODES
+from ..modeling.history import HISTORY_MODES
 from ..pipelines import LoomInterleavedPipeline
 from ..utils import check_output_file, check_output_folder, finite_float, non_negative_int, positive_int
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge

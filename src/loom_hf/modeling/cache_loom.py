@@ -6,8 +6,9 @@ from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
-__all__ = ["LoomCache"]
+__all__ = ["LoomCache", "next_positions"]
 
 
 class LoomCache(DynamicCache):
@@ -100,3 +101,14 @@ class LoomCache(DynamicCache):
                 values.append(torch.nn.functional.pad(row_values, padding))
             stacked.update(torch.cat(keys), torch.cat(values), layer_idx)
         return stacked, mask
+
+
+def next_positions(cache: Cache | None) -> torch.LongTensor:
+    """The RoPE position the next token takes after `cache` (`[batch]` or `[1]`, integer).
+
+    A [`LoomCache`] knows it (a whole image block shares one position); any other cache knows only its length,
+    which is the next position when it holds text only. No cache: 0.
+    """
+    if isinstance(cache, LoomCache):
+        return cache.next_position
+    return torch.tensor([cache.get_seq_length() if cache is not None else 0])

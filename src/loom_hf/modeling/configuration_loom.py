@@ -29,7 +29,6 @@ class LoomTextConfig(Qwen2Config):
     num_hidden_layers: int = 28
     num_attention_heads: int = 28
     num_key_value_heads: int | None = 4
-    max_window_layers: int = 28
     qk_norm: bool = True
 
     def __post_init__(self, **kwargs):
@@ -79,7 +78,6 @@ class LoomConfig(PreTrainedConfig):
         vae_downsample (`int`, defaults to 8): pixels per latent pixel along one side (the VAE's compression).
         max_latent_size (`int`, defaults to 64): side of the latent-token position grid (64 tokens of 16 px: 1024 px).
         connector_act (`str`, defaults to `"gelu_pytorch_tanh"`): activation of the ViT-to-LLM connector.
-        timestep_shift (`float`, defaults to 1.0): shift applied to training flow timesteps (`s·t/(1+(s-1)·t)`).
         max_frames (`int`, defaults to 0):
             Size of Loom's learnable temporal frame table; frame `t` adds row `t` to its visual tokens. 0 disables it
             and leaves BAGEL's numerics untouched.
@@ -99,7 +97,6 @@ class LoomConfig(PreTrainedConfig):
     vae_downsample: int = 8
     max_latent_size: int = 64
     connector_act: str = "gelu_pytorch_tanh"
-    timestep_shift: float = 1.0
     max_frames: int = 0
     image_token_id: int = 151655
     vision_start_token_id: int = 151652

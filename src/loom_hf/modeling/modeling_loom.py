@@ -12,13 +12,12 @@ import torch
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AttentionInterface, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2MLP,
     Qwen2RMSNorm,
@@ -30,8 +29,9 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .cache_loom import LoomCache
+from .cache_loom import LoomCache, next_positions
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
+from .document_attention import PER_DOCUMENT_ATTENTION, DocumentMasks, per_document_attention
 from .packing import (
     TokenType,
     create_loom_attention_mask,
@@ -52,6 +52,12 @@ __all__ = [
     "LoomForInterleavedGeneration",
     "LoomOutput",
 ]
+
+
+# transformers' attention functions plus Loom's per-document one, on a model-local interface (transformers' pattern
+# for functions of one model); a `DocumentMasks` mask selects it.
+ALL_ATTENTION_FUNCTIONS = AttentionInterface()
+ALL_ATTENTION_FUNCTIONS[PER_DOCUMENT_ATTENTION] = per_document_attention
 
 
 @dataclass
@@ -113,15 +119,26 @@ class LoomAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
+        # Understanding expert (text and ViT tokens): Qwen2's projections, plus BAGEL's q/k norms.
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = self._projections(config)
+        self.q_norm, self.k_norm = self._qk_norm(config), self._qk_norm(config)
+        # Generation expert (latent tokens): the same shapes.
+        self.q_proj_moe_gen, self.k_proj_moe_gen, self.v_proj_moe_gen, self.o_proj_moe_gen = self._projections(config)
+        self.q_norm_moe_gen, self.k_norm_moe_gen = self._qk_norm(config), self._qk_norm(config)
+
+    def _projections(self, config: LoomTextConfig) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """One expert's q, k, v (with bias, as Qwen2) and o (without) projections."""
         q_dim, kv_dim = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
-        for suffix in ("", "_moe_gen"):
-            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_dim, bias=True))
-            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_dim, bias=True))
-            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_dim, bias=True))
-            setattr(self, f"o_proj{suffix}", nn.Linear(q_dim, config.hidden_size, bias=False))
-            norm = (lambda: Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps)) if config.qk_norm else nn.Identity
-            setattr(self, f"q_norm{suffix}", norm())
-            setattr(self, f"k_norm{suffix}", norm())
+        return (
+            nn.Linear(config.hidden_size, q_dim, bias=True),
+            nn.Linear(config.hidden_size, kv_dim, bias=True),
+            nn.Linear(config.hidden_size, kv_dim, bias=True),
+            nn.Linear(q_dim, config.hidden_size, bias=False),
+        )
+
+    def _qk_norm(self, config: LoomTextConfig) -> nn.Module:
+        """BAGEL's per-head RMSNorm of queries or keys (an identity without `qk_norm`)."""
+        return Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.qk_norm else nn.Identity()
 
     def forward(
         self,
@@ -135,52 +152,32 @@ class LoomAttention(nn.Module):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
 
-        def project(name: str) -> torch.Tensor:
-            und, gen = getattr(self, name), getattr(self, f"{name}_moe_gen")
-            return route_experts(und, gen, hidden_states, route).view(hidden_shape)
-
-        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, project("q_proj"), route)
-        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, project("k_proj"), route)
-        query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
-        value_states = project("v_proj").transpose(1, 2)
+        query_states = route_experts(self.q_proj, self.q_proj_moe_gen, hidden_states, route).view(hidden_shape)
+        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, query_states, route).transpose(1, 2)
+        key_states = route_experts(self.k_proj, self.k_proj_moe_gen, hidden_states, route).view(hidden_shape)
+        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, key_states, route).transpose(1, 2)
+        value_states = route_experts(self.v_proj, self.v_proj_moe_gen, hidden_states, route).view(hidden_shape)
+        value_states = value_states.transpose(1, 2)
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+        implementation = self.config._attn_implementation
+        if isinstance(attention_mask, DocumentMasks):
+            implementation = PER_DOCUMENT_ATTENTION
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
         )
-        dropout = 0.0 if not self.training else self.attention_dropout
-        spans = kwargs.pop("document_spans", None)
-        if spans is None:
-            attn_output, attn_weights = attention_interface(
-                self,
-                query_states,
-                key_states,
-                value_states,
-                attention_mask,
-                dropout=dropout,
-                scaling=self.scaling,
-                **kwargs,
-            )
-        else:
-            # Packed samples attend separately; `attention_mask` holds one mask per sample.
-            pieces = [
-                attention_interface(
-                    self,
-                    query_states[:, :, start:end],
-                    key_states[:, :, start:end],
-                    value_states[:, :, start:end],
-                    sample_mask,
-                    dropout=dropout,
-                    scaling=self.scaling,
-                    **kwargs,
-                )[0]
-                for (start, end), sample_mask in zip(spans, attention_mask)
-            ]
-            attn_output, attn_weights = torch.cat(pieces, dim=1), None
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, route), attn_weights
 
@@ -359,18 +356,20 @@ class LoomTextModel(LoomPreTrainedModel, CacheMixin):
             attention_kwargs["is_causal"] = self._flash_is_causal(block_ids, noised, document_ids)
         if self._attends_per_document(inputs_embeds, attention_mask, past_key_values, document_ids):
             spans = document_spans(document_ids)
-            mask = [
-                create_loom_attention_mask(
-                    self.config,
-                    inputs_embeds[:, start:end],
-                    None,
-                    None,
-                    None if block_ids is None else block_ids[:, start:end],
-                    None if noised is None else noised[:, start:end],
-                )
-                for start, end in spans
-            ]
-            attention_kwargs["document_spans"] = spans
+            mask = DocumentMasks(
+                spans,
+                [
+                    create_loom_attention_mask(
+                        self.config,
+                        inputs_embeds[:, start:end],
+                        None,
+                        None,
+                        None if block_ids is None else block_ids[:, start:end],
+                        None if noised is None else noised[:, start:end],
+                    )
+                    for start, end in spans
+                ],
+            )
         else:
             mask = create_loom_attention_mask(
                 self.config, inputs_embeds, attention_mask, past_key_values, block_ids, noised, document_ids
@@ -437,8 +436,9 @@ class LoomVisionModel(LoomPreTrainedModel):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> torch.Tensor:
-        """`pixel_values`: `[num_patches, channels·patch²]` of all images; returns `[num_patches, hidden]`."""
+    def forward(self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor) -> BaseModelOutput:
+        """`pixel_values`: `[num_patches, channels·patch²]` of all images; `last_hidden_state`: `[num_patches, hidden]`
+        (the images' tokens concatenated, as packed as the patches)."""
         embeddings = self.embeddings(pixel_values, image_grid_hw)
         lengths = (image_grid_hw[:, 0] * image_grid_hw[:, 1]).tolist()
         per_image = list(embeddings.split(lengths))
@@ -450,7 +450,7 @@ class LoomVisionModel(LoomPreTrainedModel):
             encoded = self.encoder(inputs_embeds=batch).last_hidden_state
             for row, i in enumerate(indices):
                 outputs[i] = encoded[row]
-        return self.post_layernorm(torch.cat(outputs)) if outputs else embeddings
+        return BaseModelOutput(last_hidden_state=self.post_layernorm(torch.cat(outputs)) if outputs else embeddings)
 
 
 @dataclass
@@ -501,7 +501,7 @@ class LoomModel(LoomPreTrainedModel):
         """ViT tokens in the language model's space: `connector(ViT(patches)) + vit_pos_embed`."""
         # Processors return float32 patches; a bfloat16 (or float16) model reads them in its own dtype.
         pixel_values = pixel_values.to(self.vision_model.dtype)
-        features = self.connector(self.vision_model(pixel_values, image_grid_hw))
+        features = self.connector(self.vision_model(pixel_values, image_grid_hw).last_hidden_state)
         positions = grid_position_ids(image_grid_hw, self.config.vision_config.max_num_patches_per_side)
         return features + self.vit_pos_embed(positions).to(features.dtype)
 
@@ -537,6 +537,16 @@ class LoomModel(LoomPreTrainedModel):
         embeddings = self.frame_embed(frame_ids.clamp(min=0))
         return embeddings * (frame_ids >= 0).unsqueeze(-1).to(embeddings.dtype)
 
+    @staticmethod
+    def rope_positions(
+        block_ids: torch.LongTensor | None, past_key_values: Cache | None, attention_mask: torch.Tensor | None
+    ) -> torch.LongTensor:
+        """BAGEL RoPE positions of the new tokens, continuing the cache (see [`next_positions`])."""
+        if block_ids is None:
+            raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
+        padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        return rope_position_ids(block_ids, next_positions(past_key_values).to(block_ids.device), padding)
+
     @can_return_tuple
     def forward(
         self,
@@ -569,9 +579,10 @@ class LoomModel(LoomPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        # 1. Embed: token embeddings, with ViT and latent tokens merged in at their positions and frame embeddings
+        token_types = mm_token_type_ids
         if inputs_embeds is None:
             inputs_embeds = self.language_model.embed_tokens(input_ids)
-        token_types = mm_token_type_ids
         if token_types is None:
             token_types = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         if pixel_values is not None:
@@ -585,17 +596,15 @@ class LoomModel(LoomPreTrainedModel):
         if frame_ids is not None:
             inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
 
+        # 2. Positions: BAGEL's counter, continuing the cache
         if use_cache and past_key_values is None:
             past_key_values = LoomCache()
         if block_ids is None and input_ids is not None:
             block_ids = image_block_ids(input_ids, self.config.vision_start_token_id, self.config.vision_end_token_id)
         if position_ids is None:
-            if block_ids is None:
-                raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
-            start = past_key_values.next_position if isinstance(past_key_values, LoomCache) else torch.zeros(1)
-            padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-            position_ids = rope_position_ids(block_ids, start.to(block_ids.device), padding)
+            position_ids = self.rope_positions(block_ids, past_key_values, attention_mask)
 
+        # 3. Decode
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,

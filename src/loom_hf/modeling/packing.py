@@ -1,4 +1,4 @@
-"""BAGEL's sequence layout: token types, RoPE positions, latent patch packing and attention-mask rules.
+"""BAGEL's sequence layout: token types, RoPE positions and attention-mask rules.
 
 A Loom sequence interleaves text tokens with image *blocks*. A block is `<|vision_start|>`, the image's tokens (ViT
 patches or VAE-latent patches) and `<|vision_end|>`. The rules, as in the official BAGEL code:
@@ -16,7 +16,6 @@ flex-attention masks.
 from enum import IntEnum
 
 import torch
-from diffusers import AutoencoderKL
 from transformers.masking_utils import and_masks, create_causal_mask, packed_sequence_mask_function
 
 __all__ = [
@@ -24,18 +23,11 @@ __all__ = [
     "image_block_ids",
     "rope_position_ids",
     "grid_position_ids",
-    "pack_latents",
-    "unpack_latents",
     "noise_isolation_function",
     "noised_blocks_end_their_rows",
     "create_loom_attention_mask",
     "document_spans",
-    "HISTORY_MODES",
-    "history_frame_indices",
-    "rotation_offset_limit",
 ]
-
-HISTORY_MODES = ("sparse", "full", "none")
 
 
 class TokenType(IntEnum):
@@ -95,28 +87,6 @@ def grid_position_ids(grid_hw: torch.LongTensor, max_side: int) -> torch.LongTen
     if len(positions) == 1:  # a batch of same-size images (every denoising step of a batch): one table, repeated
         return next(iter(positions.values())).repeat(len(grids))
     return torch.cat([positions[tuple(grid)] for grid in grids])
-
-
-def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, H, W]` pixels in [-1, 1] → the VAE posterior mean in the model's latent space (shifted and scaled)."""
-    latents = vae.encode(pixels).latent_dist.mode()
-    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
-
-
-def pack_latents(latents: torch.Tensor, patch_size: int = 2) -> torch.Tensor:
-    """`(1, C, H, W)` diffusers latents → `(H/p · W/p, p·p·C)` tokens, row-major, each `(patch_row, patch_col, C)`."""
-    _, channels, height, width = latents.shape
-    grid_h, grid_w = height // patch_size, width // patch_size
-    tokens = latents[0, :, : grid_h * patch_size, : grid_w * patch_size]
-    tokens = tokens.reshape(channels, grid_h, patch_size, grid_w, patch_size).permute(1, 3, 2, 4, 0)
-    return tokens.reshape(grid_h * grid_w, patch_size * patch_size * channels)
-
-
-def unpack_latents(tokens: torch.Tensor, grid_h: int, grid_w: int, patch_size: int = 2) -> torch.Tensor:
-    """Inverse of [`pack_latents`]: `(h·w, p·p·C)` tokens → `(1, C, p·h, p·w)` diffusers latents."""
-    channels = tokens.shape[-1] // (patch_size * patch_size)
-    latents = tokens.reshape(grid_h, grid_w, patch_size, patch_size, channels).permute(4, 0, 2, 1, 3)
-    return latents.reshape(1, channels, grid_h * patch_size, grid_w * patch_size)
 
 
 def noise_isolation_function(block_ids: torch.LongTensor, noised: torch.BoolTensor):
@@ -203,35 +173,3 @@ def document_spans(document_ids: torch.LongTensor) -> list[tuple[int, int]]:
     ids = document_ids[0]
     starts = [0, *((ids[1:] != ids[:-1]).nonzero().flatten() + 1).tolist()]
     return list(zip(starts, [*starts[1:], ids.numel()]))
-
-
-def rotation_offset_limit(num_prior: int, max_history: int) -> int:
-    """Exclusive bound of Loom's training rotation offset `o`: `floor(T / (K_max + 1))` (eq. 6), at least 1."""
-    return max(1, num_prior // (max_history + 1))
-
-
-def history_frame_indices(num_prior: int, max_history: int, mode: str = "sparse", offset: int = 0) -> list[int]:
-    """0-based indices of the earlier frames that condition the next frame (Loom's sparse history sampling).
-
-    With `num_prior` = T earlier frames (frames 1..T) and budget `max_history` = K_max:
-
-    * `"sparse"`: all earlier frames while T <= K_max ("full-context mode"), else frames
-      `floor(i·T / (K_max + 1)) + o` for `i = 1..K_max` (eq. 4, with the rotation offset `o` of eq. 6);
-    * `"full"`: every earlier frame; `"none"`: no frame.
-
-    At inference `offset` is 0; training draws it from `[0, rotation_offset_limit(T, K_max))`.
-    """
-    if mode not in HISTORY_MODES:
-        raise ValueError(f"`mode` must be one of {HISTORY_MODES}; got {mode!r}.")
-    if num_prior < 0 or max_history < 0:
-        raise ValueError(f"`num_prior` and `max_history` must be >= 0; got {num_prior} and {max_history}.")
-    if mode == "none" or num_prior == 0:
-        return []
-    if mode == "full" or num_prior <= max_history:
-        return list(range(num_prior))
-    if not 0 <= offset <= num_prior // (max_history + 1):
-        raise ValueError(
-            f"`offset` must be in [0, {num_prior // (max_history + 1)}] for {num_prior} earlier frames and "
-            f"{max_history} history frames; got {offset}."
-        )
-    return [i * num_prior // (max_history + 1) + offset - 1 for i in range(1, max_history + 1)]

@@ -6,25 +6,28 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList
 
+from ..file_checks import check_saved_folder, read_json
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from ..modeling.convert_bagel import load_bagel_release
-from ..modeling.packing import HISTORY_MODES, encode_latents, history_frame_indices, pack_latents, unpack_latents
+from ..modeling.history import HISTORY_MODES, history_frame_indices
+from ..modeling.latents import encode_latents, pack_latents, unpack_latents
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
+from ..planning import format_plan, parse_plan, plan_instruction, step_turn
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
+from .image_output import LoomVaeImageProcessor
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
-from .planning import format_plan, parse_plan, plan_instruction, step_turn
 from .requests import as_requests, check_integer, check_number, check_sequence_of_numbers, per_output_generators
 from .text_decoding import InterruptCriteria, ProgressStreamer, sampling_processors, text_generation_config
 
@@ -194,7 +197,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         self.register_to_config(
             default_guidance_scale=default_guidance_scale, default_image_guidance_scale=default_image_guidance_scale
         )
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
+        self.image_processor = LoomVaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
         self._call_device: torch.device | None = None
         self._call_lock = threading.RLock()
@@ -233,8 +236,15 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "LoomInterleavedPipeline":
         """`DiffusionPipeline.from_pretrained`; a `quantization_config` (`PipelineQuantizationConfig`) whose backend
-        is not installed is refused before any component loads."""
+        is not installed is refused before any component loads, and in a local folder every JSON and safetensors file
+        of `model_index.json` and its components is checked readable first (a broken one is named in the error)."""
         check_quantization_backend(kwargs.get("quantization_config"))
+        folder = Path(pretrained_model_name_or_path)
+        if (folder / "model_index.json").is_file():
+            index = read_json(folder / "model_index.json", "pipeline")
+            for component in sorted(name for name in index if not name.startswith("_")):
+                if (folder / component).is_dir():
+                    check_saved_folder(folder / component, "pipeline")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def enable_group_offload(self, onload_device: torch.device | str, *args, **kwargs) -> None:

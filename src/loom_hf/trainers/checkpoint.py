@@ -5,11 +5,10 @@ fresh optimizer, so its losses differ from the interrupted run's), and a truncat
 safetensors with a message that does not name it.
 """
 
-import json
 import zipfile
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
+from ..file_checks import check_safetensors, read_json
 
 __all__ = ["OPTIMIZER_FILES", "check_checkpoint"]
 
@@ -17,23 +16,6 @@ OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
 WEIGHT_INDEX = "model.safetensors.index.json"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"The checkpoint file {str(path)!r} is not readable JSON: {error}") from error
-
-
-def _check_safetensors(path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"The checkpoint lacks the weights file {str(path)!r}.")
-    try:
-        with safe_open(str(path), framework="pt"):
-            pass
-    except (OSError, SafetensorError) as error:
-        raise ValueError(f"The checkpoint file {str(path)!r} is not a readable safetensors file: {error}") from error
 
 
 def _check_torch_archive(path: Path) -> None:
@@ -51,7 +33,7 @@ def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files holding the checkpoint's weights (one file, the shards of an index, or an adapter)."""
     index = folder / WEIGHT_INDEX
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index, "checkpoint").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"The checkpoint file {str(index)!r} has no `weight_map`.")
         return [folder / name for name in sorted(set(weight_map.values()))]
@@ -73,10 +55,10 @@ def check_checkpoint(checkpoint: str | Path, *, fresh_optimizer: bool) -> Path:
     state = folder / TRAINER_STATE
     if not state.is_file():
         raise FileNotFoundError(f"The checkpoint lacks {str(state)!r}.")
-    if "global_step" not in _read_json(state):
+    if "global_step" not in read_json(state, "checkpoint"):
         raise ValueError(f"The checkpoint file {str(state)!r} has no `global_step`.")
     for path in _weight_files(folder):
-        _check_safetensors(path)
+        check_safetensors(path, "checkpoint")
     if fresh_optimizer:
         return folder
     missing = [name for name in OPTIMIZER_FILES if not (folder / name).is_file()]

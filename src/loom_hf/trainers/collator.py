@@ -48,7 +48,19 @@ class _Sequence:
     labels: list[int] = field(default_factory=list)
     documents: list[int] = field(default_factory=list)
 
-    def extend(self, ids, types, position, block, noised, frame, labels, document) -> None:
+    def extend(
+        self,
+        ids: list[int],
+        types: list[int],
+        *,
+        position: int | list[int],
+        block: int,
+        noised: bool,
+        frame: int,
+        labels: list[int],
+        document: int,
+    ) -> None:
+        """Append tokens: `position` one per token or one for all (an image block), `frame` on the visual tokens."""
         count = len(ids)
         self.ids += ids
         self.types += types
@@ -125,7 +137,16 @@ class LoomDataCollator:
                 ids = processor.text_block(item.text)
                 labels = [IGNORE_INDEX, *ids[1:]] if item.loss else [IGNORE_INDEX] * len(ids)
                 positions = list(range(position, position + len(ids)))
-                row.extend(ids, [TokenType.TEXT] * len(ids), positions, -1, False, -1, labels, document)
+                row.extend(
+                    ids,
+                    [TokenType.TEXT] * len(ids),
+                    position=positions,
+                    block=-1,
+                    noised=False,
+                    frame=-1,
+                    labels=labels,
+                    document=document,
+                )
                 position += len(ids)
                 continue
             image = processor.image_processor.resize_for_vae(item.image)
@@ -137,7 +158,16 @@ class LoomDataCollator:
                     stride = processor.image_processor.vae_image_size[2]
                     grid = (image.height // stride, image.width // stride)
                     ids, types = processor.image_block(grid[0] * grid[1], TokenType.LATENT)
-                    row.extend(ids, types, position, block, item.target, frame, [IGNORE_INDEX] * len(ids), document)
+                    row.extend(
+                        ids,
+                        types,
+                        position=position,
+                        block=block,
+                        noised=item.target,
+                        frame=frame,
+                        labels=[IGNORE_INDEX] * len(ids),
+                        document=document,
+                    )
                     # Cached latents skip the VAE; otherwise the trainer encodes these pixels.
                     images["vae_pixel_values"].append(
                         item.latents
@@ -155,7 +185,16 @@ class LoomDataCollator:
                     continue
                 patches, grid = processor.image_processor.vit_patches(image)
                 ids, types = processor.image_block(patches.shape[0], TokenType.VIT)
-                row.extend(ids, types, position, block, False, frame, [IGNORE_INDEX] * len(ids), document)
+                row.extend(
+                    ids,
+                    types,
+                    position=position,
+                    block=block,
+                    noised=False,
+                    frame=frame,
+                    labels=[IGNORE_INDEX] * len(ids),
+                    document=document,
+                )
                 images["pixel_values"].append(patches)
                 images["image_grid_hw"].append(grid)
                 block += 1

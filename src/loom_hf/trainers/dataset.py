@@ -7,7 +7,7 @@ import warnings
 import datasets
 import torch
 
-from ..modeling.packing import HISTORY_MODES
+from ..modeling.history import HISTORY_MODES
 from .collator import DrawnBatch, LoomDataCollator
 from .instances import Instance, build_instance, instance_keys
 from .schema import ON_ERROR_CHOICES, validate_rows
@@ -81,7 +81,14 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
     def _instance(self, row_index: int, key: int, *, rng: random.Random | None) -> Instance:
         """Instance `key` of a row; without `rng` the history takes no rotation (its longest form)."""
         row = self.dataset[row_index]
-        return build_instance(row, key, self.max_history_frames, self.history, rng, self.use_step_text)
+        return build_instance(
+            row,
+            key,
+            max_history_frames=self.max_history_frames,
+            history=self.history,
+            rng=rng,
+            use_step_text=self.use_step_text,
+        )
 
     def _rng(self, purpose: str, *indices: int) -> random.Random:
         """A generator seeded by `(seed, epoch, purpose, indices)` alone (string seeds hash the same in every run)."""

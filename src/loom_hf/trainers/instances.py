@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
-from ..modeling.packing import history_frame_indices, rotation_offset_limit
-from ..pipelines.planning import format_plan, plan_instruction, step_turn
+from ..modeling.history import history_frame_indices, rotation_offset_limit
+from ..planning import format_plan, plan_instruction, step_turn
 
 __all__ = ["TextItem", "ImageItem", "Instance", "instance_keys", "build_instance"]
 
@@ -69,6 +69,7 @@ def _images(row: dict, column: str) -> list[tuple[PIL.Image.Image, torch.Tensor 
 def build_instance(
     row: dict,
     key: int,
+    *,
     max_history_frames: int = 4,
     history: str = "sparse",
     rng: random.Random | None = None,

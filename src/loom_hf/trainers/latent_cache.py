@@ -5,7 +5,7 @@ import torch
 from datasets.fingerprint import Hasher
 from diffusers import AutoencoderKL
 
-from ..modeling.packing import encode_latents, pack_latents
+from ..modeling.latents import encode_latents, pack_latents
 from ..modeling.processing_loom import LoomProcessor
 from .schema import IMAGE_FIELDS, validate_rows
 
@@ -13,7 +13,7 @@ __all__ = ["cache_latents", "latent_cache_fingerprint"]
 
 
 @torch.no_grad()
-def _encode(images, vae: AutoencoderKL, processor: LoomProcessor, patch_size: int) -> tuple[list, list]:
+def _encode(images, *, vae: AutoencoderKL, processor: LoomProcessor, patch_size: int) -> tuple[list, list]:
     """Flattened clean latent tokens and (rows, cols) token grids of PIL images, as the trainer would encode them."""
     flat, grids = [], []
     for image in images:
@@ -73,7 +73,7 @@ def cache_latents(
 
     def encode_batch(batch: dict) -> dict:
         for column in IMAGE_FIELDS:
-            encoded = [_encode(images, vae, processor, patch_size) for images in batch[column]]
+            encoded = [_encode(images, vae=vae, processor=processor, patch_size=patch_size) for images in batch[column]]
             batch[f"{column}_latents"] = [flat for flat, _ in encoded]
             batch[f"{column}_latent_grids"] = [grids for _, grids in encoded]
         return batch

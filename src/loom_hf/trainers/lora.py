@@ -13,7 +13,7 @@ LORA_TARGETS = ("generation", "understanding", "both")
 
 
 def lora_config(
-    model: LoomForInterleavedGeneration, rank: int = 16, alpha: int = 32, targets: str = "generation"
+    model: LoomForInterleavedGeneration, *, rank: int = 16, alpha: int = 32, targets: str = "generation"
 ) -> LoraConfig:
     """A `LoraConfig` adapting the attention and MLP projections of the chosen expert(s).
 

@@ -19,7 +19,7 @@ import datasets
 import PIL.Image
 import pyarrow.parquet as pq
 
-from ..pipelines.planning import parse_plan
+from ..planning import parse_plan
 
 __all__ = [
     "TASKS",

@@ -7,15 +7,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
 from ..modeling import LoomForInterleavedGeneration
-from ..modeling.packing import HISTORY_MODES, encode_latents, pack_latents
+from ..modeling.history import HISTORY_MODES
+from ..modeling.latents import encode_latents, pack_latents
 from .argument_checks import check_training_numbers
 from .checkpoint import check_checkpoint
 from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
@@ -203,7 +203,9 @@ class LoomTrainer(Trainer):
         lengths = torch.tensor([tokens.shape[0] for tokens in clean], device=self.args.device)
         clean = torch.cat(clean) if clean else torch.zeros(0, self.model.config.latent_token_dim)
         shift = self.args.timestep_shift
-        sigma = torch.sigmoid(torch.randn(len(pixels), device=self.args.device))
+        sigma = compute_density_for_timestep_sampling(
+            "logit_normal", len(pixels), logit_mean=0.0, logit_std=1.0, device=self.args.device
+        )
         sigma = shift * sigma / (1 + (shift - 1) * sigma)
         sigma = torch.where(is_target, sigma, torch.zeros_like(sigma))
         per_token = sigma.repeat_interleave(lengths)[:, None]
@@ -223,8 +225,15 @@ class LoomTrainer(Trainer):
         shifted = labels[:, 1:]
         kept = (shifted != IGNORE_INDEX).any(dim=0).nonzero().flatten()
         outputs = model(**inputs, logits_to_keep=kept)
-        ce_sum = F.cross_entropy(
-            outputs.logits.flatten(0, 1).float(), shifted[:, kept].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        # The model's causal-LM loss over the kept logits, normalised by one item: the sum, which the token count of
+        # the whole accumulation window normalises below (and the log accumulates).
+        ce_sum = self.model.loss_function(
+            logits=outputs.logits,
+            labels=None,
+            vocab_size=self.model.config.text_config.vocab_size,
+            num_items_in_batch=1,
+            ignore_index=IGNORE_INDEX,
+            shift_labels=shifted[:, kept],
         )
         mse_sum = outputs.logits.new_zeros((), dtype=torch.float32)
         if mask is not None:
