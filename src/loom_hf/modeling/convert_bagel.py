@@ -30,7 +30,7 @@ from .modeling_loom import LoomForInterleavedGeneration, LoomPositionTable
 from .processing_loom import LoomProcessor
 from .quantization import StreamingQuantizer, check_quantization_backend
 
-__all__ = ["load_bagel_release", "FLUX_AE_DEFAULTS", "REQUIRED_RELEASE_FILES"]
+__all__ = ["load_bagel_release", "release_config", "release_shapes", "FLUX_AE_DEFAULTS", "REQUIRED_RELEASE_FILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,11 +250,15 @@ def _vae_diffusers_config(ae: dict) -> dict:
     }
 
 
-def _load_vae(path: Path, dtype: torch.dtype | None) -> tuple[AutoencoderKL, dict]:
-    """The FLUX autoencoder of the release as a diffusers `AutoencoderKL` (BFL keys converted)."""
+def _ae_params(path: Path) -> dict:
+    """The release's autoencoder parameters: the FLUX defaults, or `ae_config.json` where a release has one."""
     config_file = path / "ae_config.json"
-    ae = {**FLUX_AE_DEFAULTS, **(_read_config(config_file) if config_file.is_file() else {})}
-    config = _vae_diffusers_config(ae)
+    return {**FLUX_AE_DEFAULTS, **(_read_config(config_file) if config_file.is_file() else {})}
+
+
+def _load_vae(path: Path, dtype: torch.dtype | None) -> AutoencoderKL:
+    """The FLUX autoencoder of the release as a diffusers `AutoencoderKL` (BFL keys converted)."""
+    config = _vae_diffusers_config(_ae_params(path))
     try:
         checkpoint = load_file(path / "ae.safetensors")
     except SafetensorError as error:
@@ -266,38 +270,30 @@ def _load_vae(path: Path, dtype: torch.dtype | None) -> tuple[AutoencoderKL, dic
     vae.load_state_dict(converted, strict=True)
     if dtype is not None:
         vae.to(dtype)
-    return vae.eval(), ae
+    return vae.eval()
 
 
-def load_bagel_release(
+def release_shapes(release_dir: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the release's `ema.safetensors`, read from its header (no weight is read)."""
+    with _open_safetensors(Path(release_dir) / "ema.safetensors") as release:
+        return {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
+
+
+def release_config(
     release_dir: str | os.PathLike,
+    shapes: dict[str, tuple[int, ...]],
     vae_image_size: tuple[int, int, int] = (1024, 512, 16),
     vit_image_size: tuple[int, int, int] = (980, 224, 14),
-    dtype: torch.dtype | None = None,
     max_frames: int = 0,
-    entity_tokens: tuple[str, ...] = (),
-    quantization_config=None,
-) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
-    """Model, VAE and processor of a BAGEL release folder.
-
-    Args:
-        release_dir: folder in the `ByteDance-Seed/BAGEL-7B-MoT` layout.
-        vae_image_size / vit_image_size: (max side, min side, stride) of the two image paths.
-        dtype: cast the weights (default: as stored; the release is bfloat16).
-        max_frames: rows of Loom's temporal frame table (zero-initialised; 0: no table).
-        entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
-        quantization_config: a transformers quantization config (`TorchAoConfig(Int8WeightOnlyConfig())`, ...) for
-            the model, applied weight by weight while the release is read; the VAE stays unquantized.
-    """
-    check_quantization_backend(quantization_config)
-    path = check_release_folder(release_dir)
-    with _open_safetensors(path / "ema.safetensors") as release:
-        shapes = {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
+) -> tuple[LoomConfig, LoomProcessor]:
+    """The Loom config and processor of a release folder, from its JSON configs, its tokenizer and the `shapes` of
+    its `ema.safetensors` tensors (`release_shapes`): everything needed to build the model on the meta device, or to
+    size it, without reading a weight."""
+    path = Path(release_dir)
     missing_heads = [k for k in ("vae2llm.weight", "latent_pos_embed.pos_embed") if k not in shapes]
     if missing_heads:
         raise ValueError(f"ema.safetensors lacks the generation heads {missing_heads}; an understanding-only release?")
-
-    vae, ae = _load_vae(path, dtype)
+    ae = _ae_params(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     processor = LoomProcessor(LoomImageProcessor(vae_image_size, vit_image_size), tokenizer)
     text_config = _build_text_config(path, shapes)
@@ -325,6 +321,34 @@ def load_bagel_release(
         vision_start_token_id=processor.vision_start_token_id,
         vision_end_token_id=processor.vision_end_token_id,
     )
+    return config, processor
+
+
+def load_bagel_release(
+    release_dir: str | os.PathLike,
+    vae_image_size: tuple[int, int, int] = (1024, 512, 16),
+    vit_image_size: tuple[int, int, int] = (980, 224, 14),
+    dtype: torch.dtype | None = None,
+    max_frames: int = 0,
+    entity_tokens: tuple[str, ...] = (),
+    quantization_config=None,
+) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
+    """Model, VAE and processor of a BAGEL release folder.
+
+    Args:
+        release_dir: folder in the `ByteDance-Seed/BAGEL-7B-MoT` layout.
+        vae_image_size / vit_image_size: (max side, min side, stride) of the two image paths.
+        dtype: cast the weights (default: as stored; the release is bfloat16).
+        max_frames: rows of Loom's temporal frame table (zero-initialised; 0: no table).
+        entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
+        quantization_config: a transformers quantization config (`TorchAoConfig(Int8WeightOnlyConfig())`, ...) for
+            the model, applied weight by weight while the release is read; the VAE stays unquantized.
+    """
+    check_quantization_backend(quantization_config)
+    path = check_release_folder(release_dir)
+    shapes = release_shapes(path)
+    config, processor = release_config(path, shapes, vae_image_size, vit_image_size, max_frames)
+    vae = _load_vae(path, dtype)
     model = _load_model(path, config, dtype, quantization_config)
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id,
