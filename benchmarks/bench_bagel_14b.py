@@ -119,16 +119,12 @@ def random_weights(seed: int):
     return make
 
 
-def write_release(folder: Path, spec: dict, seed: int = 0) -> dict:
-    """Write the whole random-weight release into `folder`; returns its file sizes and the wall time."""
-    start = time.perf_counter()
+def write_release(folder: Path, spec: dict, seed: int = 0) -> None:
+    """Write the whole random-weight release into `folder`, one tensor in memory at a time."""
     write_release_configs(folder, spec)
     ema, ae = release_layouts(spec)
-    written = {
-        "ema.safetensors": write_safetensors(folder / "ema.safetensors", ema, random_weights(seed)),
-        "ae.safetensors": write_safetensors(folder / "ae.safetensors", ae, random_weights(seed + 1)),
-    }
-    return {"wall_s": time.perf_counter() - start, "bytes": written}
+    write_safetensors(folder / "ema.safetensors", ema, random_weights(seed))
+    write_safetensors(folder / "ae.safetensors", ae, random_weights(seed + 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -296,6 +292,31 @@ def infer(source: str, kind: str, spec: dict, image_px: int, result_path: str) -
         "quantized": type(pipe.model.model.language_model.layers[0].mlp.up_proj.weight).__name__,
     }
     Path(result_path).write_text(json.dumps(result))
+
+
+def probe_vae_decode(converted: str, image_px: int, result_path: str) -> None:
+    """Peak anonymous memory a bfloat16 decode of one `image_px`² image adds on this CPU (sampled every 5 ms), to check
+    the memory table's VAE estimate: activations grow with the pixel count."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(Path(converted) / "vae", torch_dtype=torch.bfloat16).eval()
+    latent = torch.randn(1, vae.config.latent_channels, image_px // 8, image_px // 8, dtype=torch.bfloat16)
+    baseline = _status_kib(os.getpid())["RssAnon"]
+    peak, done = [baseline], threading.Event()
+
+    def sample():
+        while not done.wait(0.005):
+            peak.append(_status_kib(os.getpid())["RssAnon"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    with torch.no_grad():
+        vae.decode(latent)
+    done.set()
+    sampler.join()
+    seconds, added = time.perf_counter() - start, (max(peak) - baseline) * 1024
+    Path(result_path).write_text(json.dumps({"image_px": image_px, "decode_s": seconds, "added_bytes": added}))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -478,8 +499,9 @@ def run_benchmark(args: argparse.Namespace, spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-bagel-14b-") as work:
         release, converted, result = Path(work) / "release", Path(work) / "converted", Path(work) / "result.json"
-        report["write"] = write_release(release, spec)
-        print(f"wrote the release: {report['write']['wall_s']:.1f} s, {gb(sum(report['write']['bytes'].values()))}")
+        tiny = ["--tiny"] if args.tiny else []
+        report["write"] = run_measured(python_command(__file__, "--write-release", str(release), *tiny), env)
+        print_phase(f"write the release ({gb(sum(f.stat().st_size for f in release.iterdir()))})", report["write"])
         sizes_args = ["--vae-image-size", *map(str, spec["vae_image_size"])]
         sizes_args += ["--vit-image-size", *map(str, spec["vit_image_size"])]
         command = ["-c", "import sys; from loom_hf.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -498,6 +520,10 @@ def run_benchmark(args: argparse.Namespace, spec: dict) -> dict:
             print(json.dumps(json.loads(result.read_text()), indent=1))
             if kind == "release":
                 shutil.rmtree(release)  # frees the disk before the next phase reads the converted folder
+        probe = ["--vae-probe", str(converted), "--result", str(result)]
+        run_measured(python_command(__file__, *probe, "--image-size", str(args.vae_probe_size)), env)
+        report["vae_probe"] = json.loads(result.read_text())
+        print(f"VAE decode probe: {report['vae_probe']}")
     return report
 
 
@@ -509,6 +535,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the bagel-tiny sizes instead of BAGEL-7B-MoT's")
     parser.add_argument("--image-size", type=int, default=1024, help="image side of the memory table (1024)")
     parser.add_argument("--report", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--vae-probe-size", type=int, default=512, help="image side of the VAE decode probe (512)")
+    parser.add_argument("--vae-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--write-release", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--infer", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=("converted", "release"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -516,6 +545,12 @@ def main() -> None:
     spec = sizes(args.tiny)
     if args.infer:
         infer(args.infer, args.kind, spec, 64, args.result)
+        return
+    if args.write_release:
+        write_release(args.write_release, spec)
+        return
+    if args.vae_probe:
+        probe_vae_decode(args.vae_probe, args.image_size, args.result)
         return
 
     report = {} if args.memory_table_only else run_benchmark(args, spec)

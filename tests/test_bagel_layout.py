@@ -99,10 +99,12 @@ def test_the_14b_benchmark_runs_end_to_end_at_tiny_size_and_cleans_up(tmp_path):
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "benchmarks" / "bench_bagel_14b.py"), "--tiny", "--from-bagel"]
-    subprocess.run([*command, "--workdir", str(work), "--report", str(report)], env=env, check=True)
+    options = ["--vae-probe-size", "64", "--workdir", str(work), "--report", str(report)]
+    subprocess.run([*command, *options], env=env, check=True)
     assert not list(work.iterdir())
     result = json.loads(report.read_text())
     assert result["convert"]["peak_rss"] > 0 and result["convert"]["wall_s"] > 0
+    assert result["write"]["peak_rss"] > 0 and result["vae_probe"]["added_bytes"] > 0
     for kind in ("converted", "release"):
         infer = result[f"infer_{kind}"]
         assert infer["quantized"] == "Int8Tensor" and infer["image_size"] == [64, 64] and infer["answer"]
