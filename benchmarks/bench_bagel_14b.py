@@ -347,20 +347,26 @@ def meta_model(spec: dict, quantization_config=None):
     return model
 
 
-def int4_bytes(model: torch.nn.Module, covered: set[str]) -> dict[str, int]:
-    """Bytes per component with torchao int4 weight-only (group size 128) on the weights in `covered`: 4 bits per
-    weight plus a bfloat16 scale and zero point per group of 128 inputs (its CUDA `tile_packed_to_4d` layout); the rest
-    as in `model`."""
+def int4_weight_bytes(rows: int, columns: int) -> int:
+    """torchao int4 weight-only (group size 128) storage of a `rows` x `columns` weight: 4 bits per weight plus a
+    bfloat16 scale and zero point per group of 128 inputs (its CUDA `tile_packed_to_4d` layout)."""
+    return rows * columns // 2 + rows * math.ceil(columns / 128) * 2 * 2
+
+
+def stored_bytes(name: str, tensor: torch.Tensor, precision: str, covered: set[str]) -> int:
+    """Bytes tensor `name` holds at `precision`: int4 for the weights in `covered` (the ones the int8 config quantized),
+    otherwise as it is held (bfloat16, or torchao int8 on a quantized meta model)."""
     from loom_hf.modeling.quantization import held_bytes
 
-    def size(name: str, tensor: torch.Tensor) -> int:
-        if name not in covered:
-            return held_bytes(tensor)
-        rows, columns = tensor.shape
-        return rows * columns // 2 + rows * math.ceil(columns / 128) * 2 * 2
+    if precision == "int4" and name in covered:
+        return int4_weight_bytes(*tensor.shape)
+    return held_bytes(tensor)
 
+
+def int4_bytes(model: torch.nn.Module, covered: set[str]) -> dict[str, int]:
+    """Bytes per component with int4 weight-only on the weights in `covered`, the rest as held in `model`."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
-    return bytes_by_component((name, size(name, tensor)) for name, tensor in tensors)
+    return bytes_by_component((name, stored_bytes(name, tensor, "int4", covered)) for name, tensor in tensors)
 
 
 def vae_bytes(spec: dict, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -426,20 +432,10 @@ def memory_table(spec: dict, image_px: int = 1024) -> dict:
 
 def _leaf_bytes(model: torch.nn.Module, precision: str, covered: set[str]):
     """Bytes of each leaf module (what sequential offload puts on the device at once) at `precision`."""
-    from loom_hf.modeling.quantization import held_bytes
-
     for prefix, module in model.named_modules():
-        if next(module.children(), None) is not None:
-            continue
-        total = 0
-        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            full = f"{prefix}.{name}"
-            if precision == "int4" and full in covered:
-                rows, columns = tensor.shape
-                total += rows * columns // 2 + rows * math.ceil(columns / 128) * 4
-            else:
-                total += held_bytes(tensor)
-        yield total
+        if next(module.children(), None) is None:
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            yield sum(stored_bytes(f"{prefix}.{name}", tensor, precision, covered) for name, tensor in tensors)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
