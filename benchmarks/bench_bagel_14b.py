@@ -490,14 +490,17 @@ def check_disk(workdir: Path, needed: int) -> None:
 def run_benchmark(args: argparse.Namespace, spec: dict) -> dict:
     """Write, convert, load int8 and generate, each heavy step in its own measured process; returns the report."""
     release_total = sum(release_bytes(spec).values())
-    check_disk(args.workdir, 2 * release_total + 2 * 10**9)
+    check_disk(args.workdir, (2 if args.release is None else 1) * release_total + 2 * 10**9)
     report: dict = {"release_bytes": release_bytes(spec)}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-bagel-14b-") as work:
         release, converted, result = Path(work) / "release", Path(work) / "converted", Path(work) / "result.json"
         tiny = ["--tiny"] if args.tiny else []
-        report["write"] = run_measured(python_command(__file__, "--write-release", str(release), *tiny), env)
-        print_phase(f"write the release ({gb(sum(f.stat().st_size for f in release.iterdir()))})", report["write"])
+        if args.release is not None:
+            release = args.release  # written before (`--write-release`); left in place
+        else:
+            report["write"] = run_measured(python_command(__file__, "--write-release", str(release), *tiny), env)
+            print_phase(f"write the release ({gb(sum(f.stat().st_size for f in release.iterdir()))})", report["write"])
         sizes_args = ["--vae-image-size", *map(str, spec["vae_image_size"])]
         sizes_args += ["--vit-image-size", *map(str, spec["vit_image_size"])]
         command = ["-c", "import sys; from loom_hf.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -514,7 +517,7 @@ def run_benchmark(args: argparse.Namespace, spec: dict) -> dict:
             report[f"infer_{kind}"] = measured | json.loads(result.read_text())
             print_phase(f"int8 load + generate ({kind})", measured)
             print(json.dumps(json.loads(result.read_text()), indent=1))
-            if kind == "release":
+            if kind == "release" and args.release is None:
                 shutil.rmtree(release)  # frees the disk before the next phase reads the converted folder
         probe = ["--vae-probe", str(converted), "--result", str(result)]
         run_measured(python_command(__file__, *probe, "--image-size", str(args.vae_probe_size)), env)
@@ -533,7 +536,8 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="also write the report as JSON here")
     parser.add_argument("--vae-probe-size", type=int, default=512, help="image side of the VAE decode probe (512)")
     parser.add_argument("--vae-probe", help=argparse.SUPPRESS)
-    parser.add_argument("--write-release", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--release", type=Path, help="use this release (written with --write-release) and keep it")
+    parser.add_argument("--write-release", type=Path, help="only write the random-weight release into this folder")
     parser.add_argument("--infer", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=("converted", "release"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
