@@ -382,8 +382,10 @@ def activation_bytes(spec: dict, image_px: int, text_tokens: int = 64, rows: int
     * A denoising step (the three rows batched): per decoder layer the residual stream, its normed copy and the MLP's
       gate, up and gated product live at once (a memory-efficient attention kernel: no L² scores), plus the attention
       mask as a bfloat16 bias over (rows, query, keys).
-    * The VAE decode at `image_px`²: at full resolution the upsampled 256-channel input of the last level, its
-      GroupNorm output and SiLU output live at once (FLUX decoder, bfloat16).
+    * The VAE decode at `image_px`²: five bfloat16 tensors of the last level's 256-channel input at full resolution
+      (the upsampled input, its GroupNorm and SiLU outputs, convolution outputs and buffers). Five, not the three a
+      reading of the FLUX decoder gives, because the measured CPU decode (`--vae-probe`) at 512² added 0.66 GB, 4.96
+      such tensors; activations grow with the pixel count.
     """
     llm, ae = spec["llm"], spec["ae"]
     hidden, layers = llm["hidden_size"], llm["num_hidden_layers"]
@@ -401,7 +403,7 @@ def activation_bytes(spec: dict, image_px: int, text_tokens: int = 64, rows: int
     return {
         "kv_cache": sum(context.values()) * kv_per_token,
         "denoise_step": step + mask,
-        "vae_decode": 3 * decode_channels * image_px**2 * 2,
+        "vae_decode": 5 * decode_channels * image_px**2 * 2,
     }
 
 
