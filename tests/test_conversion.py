@@ -149,3 +149,23 @@ def test_bfloat16_conversion(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     image = pipe(["A red square above a blue circle."], num_inference_steps=2).images[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "max_shard_size"), [(None, "1MB"), (torch.bfloat16, "5GB"), (torch.float16, "200KB")]
+)
+def test_streamed_conversion_writes_the_bytes_of_loading_then_saving(tmp_path, dtype, max_shard_size):
+    """`convert_bagel` (the model on the meta device, each shard read from the release and written in turn) writes the
+    folder `from_bagel(...).save_pretrained(...)` writes, file for file and byte for byte."""
+    kwargs = {"vae_image_size": FIXTURE_VAE_SIZE, "vit_image_size": FIXTURE_VIT_SIZE, "dtype": dtype}
+    LoomInterleavedPipeline.from_bagel(FIXTURE / "checkpoint", **kwargs).save_pretrained(
+        tmp_path / "loaded", max_shard_size=max_shard_size
+    )
+    LoomInterleavedPipeline.convert_bagel(
+        FIXTURE / "checkpoint", tmp_path / "streamed", max_shard_size=max_shard_size, **kwargs
+    )
+    loaded = sorted(p.relative_to(tmp_path / "loaded") for p in (tmp_path / "loaded").rglob("*") if p.is_file())
+    streamed = sorted(p.relative_to(tmp_path / "streamed") for p in (tmp_path / "streamed").rglob("*") if p.is_file())
+    assert loaded == streamed and len([p for p in loaded if p.suffix == ".safetensors"]) >= 2
+    for name in loaded:
+        assert (tmp_path / "loaded" / name).read_bytes() == (tmp_path / "streamed" / name).read_bytes(), name

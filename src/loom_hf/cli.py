@@ -31,24 +31,26 @@ def _shard_size(text: str) -> str:
 
 
 def convert_bagel(args: argparse.Namespace) -> int:
-    """Write the release as a pipeline folder: first into a temporary sibling, renamed into place at the end."""
+    """Write the release as a pipeline folder, shard by shard: first into a temporary sibling, renamed into place at
+    the end."""
     from .modeling.convert_bagel import check_release_folder
     from .pipelines import LoomInterleavedPipeline
 
     try:
         check_release_folder(args.src)
         destination = check_output_folder(args.dst, option="dst", overwrite=args.overwrite, inputs=[args.src])
-        pipe = LoomInterleavedPipeline.from_bagel(
-            args.src,
-            vae_image_size=tuple(args.vae_image_size),
-            vit_image_size=tuple(args.vit_image_size),
-            dtype=DTYPES[args.dtype],
-            timestep_shift=args.timestep_shift,
-        )
+        with written_atomically(destination) as staging:
+            LoomInterleavedPipeline.convert_bagel(
+                args.src,
+                staging,
+                vae_image_size=tuple(args.vae_image_size),
+                vit_image_size=tuple(args.vit_image_size),
+                dtype=DTYPES[args.dtype],
+                timestep_shift=args.timestep_shift,
+                max_shard_size=args.max_shard_size,
+            )
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
-    with written_atomically(destination) as staging:
-        pipe.save_pretrained(staging, max_shard_size=args.max_shard_size)
     print(f"Wrote {destination}")
     return 0
 

@@ -19,18 +19,20 @@ from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, GenerationConfig
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
-from .entity_tokens import add_entity_tokens
+from .entity_tokens import add_entity_tokens, fill_entity_rows, register_entity_tokens
 from .image_processing_loom import LoomImageProcessor
 from .modeling_loom import LoomForInterleavedGeneration, LoomPositionTable
 from .processing_loom import LoomProcessor
 from .quantization import StreamingQuantizer, check_quantization_backend
 
-__all__ = ["load_bagel_release", "FLUX_AE_DEFAULTS", "REQUIRED_RELEASE_FILES"]
+__all__ = ["load_bagel_release", "release_config", "release_shapes", "FLUX_AE_DEFAULTS", "REQUIRED_RELEASE_FILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ KEY_RENAMES = (
     ("llm2vae.", "llm2vae."),
 )
 POSITION_TABLES = ("vit_pos_embed.pos_embed", "latent_pos_embed.pos_embed")
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 FRAME_TABLE = "model.frame_embed.weight"
 # Config fields the conversion cannot default: they fix the weights' shapes.
 REQUIRED_FIELDS = {
@@ -93,9 +96,11 @@ def _read_config(path: Path) -> dict:
 
 
 def _open_safetensors(path: Path):
-    """`safe_open(path)`, with a truncated or corrupted file named in the error."""
+    """`safe_open(path)` reading each tensor with `pread` into memory of its own, with a truncated or corrupted file
+    named in the error. (The default backend maps the whole file copy-on-write, which the kernel refuses for a release
+    larger than the machine's memory: BAGEL-7B-MoT's 29 GB on a 24 GB machine.)"""
     try:
-        return safe_open(path, framework="pt")
+        return safe_open(path, framework="pt", backend="pread")
     except SafetensorError as error:
         raise ValueError(f"The release file {str(path)!r} is not a readable safetensors file: {error}") from error
 
@@ -163,21 +168,35 @@ def _rename(key: str) -> str:
     raise KeyError(f"ema.safetensors holds a key no Loom parameter matches: {key!r}")
 
 
+def _release_tensor(release, key: str) -> torch.Tensor | None:
+    """Release tensor `key` in the Loom layout (a convolution patch kernel becomes the linear layout); `None` for the
+    two sin-cos tables, which are checked against the formula the model recomputes instead."""
+    tensor = release.get_tensor(key)
+    if key in POSITION_TABLES:
+        side = _square_side(tensor.shape[0], key)
+        expected = LoomPositionTable.compute(side, tensor.shape[1])
+        if not torch.allclose(tensor.float(), expected, atol=1e-2 if tensor.dtype != torch.float32 else 1e-5):
+            raise ValueError(f"`{key}` is not BAGEL's 2D sin-cos table; this release layout is not supported.")
+        return None
+    if key.endswith("patch_embedding.weight") and tensor.ndim == 4:
+        # A convolution kernel [out, C, kh, kw] becomes the linear layout over (kh, kw, C) patches.
+        tensor = tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
+    return tensor
+
+
 def _release_tensors(path: Path):
     """(Loom name, tensor) for every release weight, one at a time; the sin-cos tables are checked, not yielded."""
     with _open_safetensors(path / "ema.safetensors") as release:
         for key in release.keys():
-            tensor = release.get_tensor(key)
-            if key in POSITION_TABLES:
-                side = _square_side(tensor.shape[0], key)
-                expected = LoomPositionTable.compute(side, tensor.shape[1])
-                if not torch.allclose(tensor.float(), expected, atol=1e-2 if tensor.dtype != torch.float32 else 1e-5):
-                    raise ValueError(f"`{key}` is not BAGEL's 2D sin-cos table; this release layout is not supported.")
-                continue
-            if key.endswith("patch_embedding.weight") and tensor.ndim == 4:
-                # A convolution kernel [out, C, kh, kw] becomes the linear layout over (kh, kw, C) patches.
-                tensor = tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
-            yield _rename(key), tensor
+            tensor = _release_tensor(release, key)
+            if tensor is not None:
+                yield _rename(key), tensor
+
+
+def _check_names(expected: set[str], loaded: set[str], unexpected: list[str]) -> None:
+    missing = sorted(expected - loaded - {FRAME_TABLE})
+    if missing or unexpected:
+        raise ValueError(f"ema.safetensors does not match the model: missing {missing}, unexpected {unexpected}.")
 
 
 def _weight_dtype(model: LoomForInterleavedGeneration, name: str, dtype: torch.dtype | None) -> torch.dtype | None:
@@ -206,18 +225,13 @@ def _load_model(
         if quantizer is None or not quantizer.assign(name, tensor):
             set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=tensor.dtype)
         loaded.add(name)
-    missing = sorted(expected - loaded - {FRAME_TABLE})
-    if missing or unexpected:
-        raise ValueError(f"ema.safetensors does not match the model: missing {missing}, unexpected {unexpected}.")
+    _check_names(expected, loaded, unexpected)
     if model.model.frame_embed is not None:
         # BAGEL has no temporal table: a zero table adds nothing until it is trained.
         table = model.model.frame_embed.weight
         zeros = torch.zeros(table.shape, dtype=dtype or table.dtype)
         set_module_tensor_to_device(model, FRAME_TABLE, "cpu", value=zeros, dtype=zeros.dtype)
-        logger.warning(
-            "The BAGEL release has no temporal frame table; its %d rows start at zero (a no-op until trained).",
-            config.max_frames,
-        )
+        _warn_zero_frame_table(config)
     if dtype is not None:
         # The recomputed tables and rotary frequencies are buffers, created in float32.
         for module in model.modules():
@@ -226,6 +240,91 @@ def _load_model(
                     module._buffers[key] = buffer.to(dtype)
     if quantizer is not None:
         quantizer.finish()
+    return model.eval()
+
+
+def _warn_zero_frame_table(config: LoomConfig) -> None:
+    logger.warning(
+        "The BAGEL release has no temporal frame table; its %d rows start at zero (a no-op until trained).",
+        config.max_frames,
+    )
+
+
+def _streamed_model(
+    path: Path, config: LoomConfig, dtype: torch.dtype | None, processor: LoomProcessor, entity_tokens: tuple[str, ...]
+) -> LoomForInterleavedGeneration:
+    """The model on the meta device, each parameter with the dtype and shape `_load_model` would give it, whose
+    `save_pretrained` writes its safetensors shards by reading each shard's tensors from the release, converting them
+    as `_load_model` and `add_entity_tokens` do, writing the shard and dropping it: at most one shard is in memory."""
+    with init_empty_weights(include_buffers=False):
+        model = LoomForInterleavedGeneration(config)
+    expected = set(model.state_dict())
+    keys, unexpected = {}, []
+    with _open_safetensors(path / "ema.safetensors") as release:
+        for key in release.keys():
+            name = _rename(key) if key not in POSITION_TABLES else None
+            if name is None:
+                continue
+            if name not in expected:
+                unexpected.append(name)
+                continue
+            keys[name] = key
+            stored = _SAFETENSORS_DTYPES[release.get_slice(key).get_dtype()]
+            shape, target = model.get_parameter(name).shape, _weight_dtype(model, name, dtype) or stored
+            meta = torch.empty(shape, dtype=target, device="meta")
+            set_module_tensor_to_device(model, name, "meta", value=meta, dtype=target)
+    _check_names(expected, set(keys), unexpected)
+    if model.model.frame_embed is not None:
+        table = model.model.frame_embed.weight
+        set_module_tensor_to_device(model, FRAME_TABLE, "meta", value=table, dtype=dtype or table.dtype)
+        _warn_zero_frame_table(config)
+    rows = model.get_input_embeddings().weight.shape[0]
+    entity_rows = register_entity_tokens(model, processor, entity_tokens)[1:] if entity_tokens else ([], 0)
+    if model.get_input_embeddings().weight.shape[0] != rows:
+        raise ValueError(
+            f"The tokenizer leaves no spare embedding rows for the entity tokens ({rows} rows); a streamed conversion "
+            "does not grow the embedding. Load with `LoomInterleavedPipeline.from_bagel` and `save_pretrained`."
+        )
+    entity_matrices = {f"{prefix}.weight" for prefix in ("model.language_model.embed_tokens", "lm_head")}
+
+    def converted(release, name: str) -> torch.Tensor:
+        target = model.get_parameter(name)
+        if name == FRAME_TABLE:
+            return torch.zeros(target.shape, dtype=target.dtype)
+        tensor = _release_tensor(release, keys[name]).to(target.dtype)
+        if name in entity_matrices and entity_rows[0]:
+            fill_entity_rows(tensor, *entity_rows)
+        return tensor
+
+    def save_pretrained(save_directory, safe_serialization: bool = True, variant=None, max_shard_size="50GB"):
+        """`PreTrainedModel.save_pretrained`'s folder (config, generation config, shards, index), one shard at a
+        time."""
+        if not safe_serialization or variant is not None:
+            raise ValueError("A streamed BAGEL conversion writes safetensors without a variant only.")
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model.config.dtype = str(model.dtype).split(".")[1]
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(directory)
+        model.generation_config.save_pretrained(directory)
+        split = split_torch_state_dict_into_shards(
+            model.state_dict(),
+            filename_pattern=SAFE_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
+            max_shard_size=max_shard_size,
+        )
+        with _open_safetensors(path / "ema.safetensors") as release:
+            for filename, names in split.filename_to_tensors.items():
+                shard = {name: converted(release, name) for name in names}
+                save_file(shard, directory / filename, metadata={"format": "pt"})
+                del shard
+        if split.is_sharded:
+            index = {
+                "metadata": {"total_parameters": model.num_parameters(), **split.metadata},
+                "weight_map": split.tensor_to_filename,
+            }
+            (directory / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    model.save_pretrained = save_pretrained
     return model.eval()
 
 
@@ -250,11 +349,15 @@ def _vae_diffusers_config(ae: dict) -> dict:
     }
 
 
-def _load_vae(path: Path, dtype: torch.dtype | None) -> tuple[AutoencoderKL, dict]:
-    """The FLUX autoencoder of the release as a diffusers `AutoencoderKL` (BFL keys converted)."""
+def _ae_params(path: Path) -> dict:
+    """The release's autoencoder parameters: the FLUX defaults, or `ae_config.json` where a release has one."""
     config_file = path / "ae_config.json"
-    ae = {**FLUX_AE_DEFAULTS, **(_read_config(config_file) if config_file.is_file() else {})}
-    config = _vae_diffusers_config(ae)
+    return {**FLUX_AE_DEFAULTS, **(_read_config(config_file) if config_file.is_file() else {})}
+
+
+def _load_vae(path: Path, dtype: torch.dtype | None) -> AutoencoderKL:
+    """The FLUX autoencoder of the release as a diffusers `AutoencoderKL` (BFL keys converted)."""
+    config = _vae_diffusers_config(_ae_params(path))
     try:
         checkpoint = load_file(path / "ae.safetensors")
     except SafetensorError as error:
@@ -266,38 +369,30 @@ def _load_vae(path: Path, dtype: torch.dtype | None) -> tuple[AutoencoderKL, dic
     vae.load_state_dict(converted, strict=True)
     if dtype is not None:
         vae.to(dtype)
-    return vae.eval(), ae
+    return vae.eval()
 
 
-def load_bagel_release(
+def release_shapes(release_dir: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the release's `ema.safetensors`, read from its header (no weight is read)."""
+    with _open_safetensors(Path(release_dir) / "ema.safetensors") as release:
+        return {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
+
+
+def release_config(
     release_dir: str | os.PathLike,
+    shapes: dict[str, tuple[int, ...]],
     vae_image_size: tuple[int, int, int] = (1024, 512, 16),
     vit_image_size: tuple[int, int, int] = (980, 224, 14),
-    dtype: torch.dtype | None = None,
     max_frames: int = 0,
-    entity_tokens: tuple[str, ...] = (),
-    quantization_config=None,
-) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
-    """Model, VAE and processor of a BAGEL release folder.
-
-    Args:
-        release_dir: folder in the `ByteDance-Seed/BAGEL-7B-MoT` layout.
-        vae_image_size / vit_image_size: (max side, min side, stride) of the two image paths.
-        dtype: cast the weights (default: as stored; the release is bfloat16).
-        max_frames: rows of Loom's temporal frame table (zero-initialised; 0: no table).
-        entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
-        quantization_config: a transformers quantization config (`TorchAoConfig(Int8WeightOnlyConfig())`, ...) for
-            the model, applied weight by weight while the release is read; the VAE stays unquantized.
-    """
-    check_quantization_backend(quantization_config)
-    path = check_release_folder(release_dir)
-    with _open_safetensors(path / "ema.safetensors") as release:
-        shapes = {key: tuple(release.get_slice(key).get_shape()) for key in release.keys()}
+) -> tuple[LoomConfig, LoomProcessor]:
+    """The Loom config and processor of a release folder, from its JSON configs, its tokenizer and the `shapes` of
+    its `ema.safetensors` tensors (`release_shapes`): everything needed to build the model on the meta device, or to
+    size it, without reading a weight."""
+    path = Path(release_dir)
     missing_heads = [k for k in ("vae2llm.weight", "latent_pos_embed.pos_embed") if k not in shapes]
     if missing_heads:
         raise ValueError(f"ema.safetensors lacks the generation heads {missing_heads}; an understanding-only release?")
-
-    vae, ae = _load_vae(path, dtype)
+    ae = _ae_params(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     processor = LoomProcessor(LoomImageProcessor(vae_image_size, vit_image_size), tokenizer)
     text_config = _build_text_config(path, shapes)
@@ -325,12 +420,49 @@ def load_bagel_release(
         vision_start_token_id=processor.vision_start_token_id,
         vision_end_token_id=processor.vision_end_token_id,
     )
-    model = _load_model(path, config, dtype, quantization_config)
+    return config, processor
+
+
+def load_bagel_release(
+    release_dir: str | os.PathLike,
+    vae_image_size: tuple[int, int, int] = (1024, 512, 16),
+    vit_image_size: tuple[int, int, int] = (980, 224, 14),
+    dtype: torch.dtype | None = None,
+    max_frames: int = 0,
+    entity_tokens: tuple[str, ...] = (),
+    quantization_config=None,
+    streamed: bool = False,
+) -> tuple[LoomForInterleavedGeneration, AutoencoderKL, LoomProcessor]:
+    """Model, VAE and processor of a BAGEL release folder.
+
+    Args:
+        release_dir: folder in the `ByteDance-Seed/BAGEL-7B-MoT` layout.
+        vae_image_size / vit_image_size: (max side, min side, stride) of the two image paths.
+        dtype: cast the weights (default: as stored; the release is bfloat16).
+        max_frames: rows of Loom's temporal frame table (zero-initialised; 0: no table).
+        entity_tokens: Loom entity tokens to add to the tokenizer and place into spare embedding rows.
+        quantization_config: a transformers quantization config (`TorchAoConfig(Int8WeightOnlyConfig())`, ...) for
+            the model, applied weight by weight while the release is read; the VAE stays unquantized.
+        streamed: return the model on the meta device, for conversion only: its `save_pretrained` writes the converted
+            weights shard by shard from the release (what `loom convert-bagel` does), so a release larger than memory
+            converts. Not with `quantization_config`.
+    """
+    if streamed and quantization_config is not None:
+        raise ValueError("A streamed conversion writes the weights as stored; quantize when loading the result.")
+    check_quantization_backend(quantization_config)
+    path = check_release_folder(release_dir)
+    shapes = release_shapes(path)
+    config, processor = release_config(path, shapes, vae_image_size, vit_image_size, max_frames)
+    vae = _load_vae(path, dtype)
+    if streamed:
+        model = _streamed_model(path, config, dtype, processor, entity_tokens)
+    else:
+        model = _load_model(path, config, dtype, quantization_config)
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id,
         eos_token_id=processor.eos_token_id,
         pad_token_id=processor.tokenizer.pad_token_id,
     )
-    if entity_tokens:
+    if entity_tokens and not streamed:
         add_entity_tokens(model, processor, entity_tokens)
     return model, vae, processor

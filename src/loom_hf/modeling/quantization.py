@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from transformers import PreTrainedModel
 from transformers.quantizers import AutoHfQuantizer, HfQuantizer
 
-__all__ = ["QUANT_EXTRA", "check_quantization_backend", "StreamingQuantizer", "weight_storage_bytes"]
+__all__ = ["QUANT_EXTRA", "check_quantization_backend", "StreamingQuantizer", "held_bytes", "weight_storage_bytes"]
 
 QUANT_EXTRA = 'pip install "loom-hf[quant]"'
 # quant_method -> (import name, how to get it, needs CUDA). bitsandbytes is untested here (no GPU on the CI machine).
@@ -81,10 +81,11 @@ class StreamingQuantizer:
         self.model.hf_quantizer = self.quantizer
 
 
-def _held_bytes(tensor: torch.Tensor) -> int:
+def held_bytes(tensor: torch.Tensor) -> int:
+    """Bytes `tensor` holds: a quantized tensor (torchao's `Int8Tensor`, ...) counts the inner tensors it stores."""
     if is_traceable_wrapper_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
-        return sum(_held_bytes(getattr(tensor, name)) for name in names)
+        return sum(held_bytes(getattr(tensor, name)) for name in names)
     return tensor.numel() * tensor.element_size()
 
 
@@ -92,4 +93,4 @@ def weight_storage_bytes(module: nn.Module) -> int:
     """Bytes held by the parameters and buffers of `module`, a quantized tensor (torchao's `Int8Tensor`, ...) counted
     by the inner tensors it stores (`qdata`, `scale`, ...). `get_memory_footprint` counts such a tensor at its logical
     dtype, so it reports an int8 model at its float size."""
-    return sum(_held_bytes(p) for p in module.parameters()) + sum(_held_bytes(b) for b in module.buffers())
+    return sum(held_bytes(p) for p in module.parameters()) + sum(held_bytes(b) for b in module.buffers())

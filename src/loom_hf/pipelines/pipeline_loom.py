@@ -234,6 +234,32 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         return cls(model, vae, FlowMatchEulerDiscreteScheduler(shift=timestep_shift), processor)
 
     @classmethod
+    def convert_bagel(
+        cls,
+        release_dir: str | os.PathLike,
+        save_directory: str | os.PathLike,
+        vae_image_size: tuple[int, int, int] = (1024, 512, 16),
+        vit_image_size: tuple[int, int, int] = (980, 224, 14),
+        dtype: torch.dtype | None = None,
+        timestep_shift: float = 3.0,
+        max_frames: int = 16,
+        entity_tokens: tuple[str, ...] = ENTITY_TOKENS,
+        max_shard_size: str | int = "5GB",
+    ) -> None:
+        """Write a BAGEL release as a pipeline folder, the folder `from_bagel(...).save_pretrained(...)` writes (the
+        same bytes), without holding the model: it is built on the meta device and each safetensors shard is read
+        from the release, converted and written in turn, so peak memory is about one shard. This is how
+        `loom convert-bagel` converts; BAGEL-7B-MoT (29 GB) converts on a machine with less memory than that.
+
+        Arguments as in `from_bagel`; `max_shard_size` is the largest safetensors shard of the model.
+        """
+        model, vae, processor = load_bagel_release(
+            release_dir, vae_image_size, vit_image_size, dtype, max_frames, entity_tokens, streamed=True
+        )
+        pipe = cls(model, vae, FlowMatchEulerDiscreteScheduler(shift=timestep_shift), processor)
+        pipe.save_pretrained(save_directory, max_shard_size=max_shard_size)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "LoomInterleavedPipeline":
         """`DiffusionPipeline.from_pretrained`; a `quantization_config` (`PipelineQuantizationConfig`) whose backend
         is not installed is refused before any component loads, and in a local folder every JSON and safetensors file
