@@ -101,11 +101,12 @@ def test_foreign_position_table_is_rejected(release):
         load(release)
 
 
-def test_cli_writes_a_sharded_folder_that_round_trips(bagel_pipeline, tmp_path):
+def test_cli_writes_a_sharded_folder_that_round_trips(bagel_pipeline, tmp_path, capsys):
     destination = tmp_path / "converted"
     assert (
         loom(["convert-bagel", str(FIXTURE / "checkpoint"), str(destination), *SIZES, "--max-shard-size", "1MB"]) == 0
     )
+    assert "Converting" in capsys.readouterr().err  # a progress bar over the bytes converted
     index = json.loads((destination / "model" / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all((destination / "model" / shard).is_file() for shard in shards)

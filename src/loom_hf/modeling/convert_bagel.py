@@ -20,6 +20,7 @@ from accelerate.utils import set_module_tensor_to_device
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub.utils import tqdm
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, GenerationConfig
@@ -312,9 +313,16 @@ def _streamed_model(
             filename_pattern=SAFE_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
             max_shard_size=max_shard_size,
         )
-        with _open_safetensors(path / "ema.safetensors") as release:
+        sizes = {name: tensor.numel() * tensor.element_size() for name, tensor in model.state_dict().items()}
+        with (
+            _open_safetensors(path / "ema.safetensors") as release,
+            tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="Converting") as progress,
+        ):
             for filename, names in split.filename_to_tensors.items():
-                shard = {name: converted(release, name) for name in names}
+                shard = {}
+                for name in names:
+                    shard[name] = converted(release, name)
+                    progress.update(sizes[name])
                 save_file(shard, directory / filename, metadata={"format": "pt"})
                 del shard
         if split.is_sharded:
