@@ -1,4 +1,4 @@
-"""One pipeline call at a time, its segments handed over while it runs (the pipeline object is not thread-safe)."""
+"""A pipeline call in a worker thread, its segments handed over while it runs."""
 
 import queue
 import threading
@@ -14,15 +14,14 @@ class _Abandoned(Exception):
 
 
 class PipelineRunner:
-    """Runs `pipe(...)` calls one after another in a worker thread and streams each call's segments.
+    """Runs `pipe(...)` calls in worker threads and streams each call's segments.
 
-    The lock serialises calls even when a reader leaves mid-run: the abandoned call stops at its next segment and
-    only then lets the next one start.
+    The pipeline serialises its calls itself (a lock), also when a reader leaves mid-run: the abandoned call stops at
+    its next segment and only then lets the next one start.
     """
 
     def __init__(self, pipe: LoomInterleavedPipeline):
         self.pipe = pipe
-        self._lock = threading.Lock()
 
     def stream(self, inputs: list, **kwargs) -> Iterator[TextSegment | ImageSegment | LoomPipelineOutput]:
         """Yield the call's segments as the pipeline makes them, then its `LoomPipelineOutput`; errors the
@@ -37,8 +36,7 @@ class PipelineRunner:
 
         def work() -> None:
             try:
-                with self._lock:
-                    events.put(self.pipe(inputs, callback_on_segment=on_segment, **kwargs))
+                events.put(self.pipe(inputs, callback_on_segment=on_segment, **kwargs))
             except _Abandoned:
                 pass
             except Exception as error:

@@ -768,8 +768,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     ) -> "CallPlan":
         """Raise a clear error for every invalid argument, before any work starts.
 
-        Returns the call's requests, the given plan's steps, the per-request entity masks, the output sizes and one
-        generator per output.
+        Returns the call's requests, each request's given plan, its entity weights (the masks at latent resolution)
+        and output size, and one generator per output.
         """
         requests, batched = as_requests(inputs)
         if task not in TASKS:
@@ -826,15 +826,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}; got {unknown}."
             )
         sizes = [self._image_size(height, width, latents, request) for request in requests] if task != "text" else []
-        for request_masks, size in zip(masks, sizes):
-            for token, mask in (request_masks or {}).items():
-                if tuple(entity_mask_array(token, mask).shape) != size:
-                    raise ValueError(
-                        f"`entity_masks[{token!r}]` must be {size[0]}x{size[1]} (the output image); got "
-                        f"{tuple(entity_mask_array(token, mask).shape)}."
-                    )
+        # The masks' sizes can only be checked once the output sizes are known; their weights are kept for the call.
+        weights = [self.entity_weights(m, *size) if m else None for m, size in zip(masks, sizes)]
         self._check_prompt_lengths(requests)
-        return CallPlan(requests, batched, plans, masks, sizes, generators)
+        return CallPlan(requests, batched, plans, weights, sizes, generators)
 
     def _check_tutorial_inputs(self, requests, batched, task, think, plan, num_steps, max_history_frames, history):
         """Checks of the interleaved-only arguments; returns each request's given steps (`None`: the model plans)."""
@@ -1220,8 +1215,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 emit(index, thought)
         jobs = []
         for index, request_contexts in enumerate(contexts):
-            masks = call.entity_masks[index]
-            weights = self.entity_weights(masks, *call.sizes[index]) if masks else None
+            weights = call.entity_weights[index]
             for copy in range(num_images_per_prompt):
                 output_index = index * num_images_per_prompt + copy
                 noise = latents[output_index : output_index + 1] if latents is not None else None
@@ -1246,12 +1240,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 @dataclass
 class CallPlan:
     """A checked call: its requests (and whether they came as a batch), each request's given plan (tutorials),
-    per-request entity masks and output sizes, and one generator per output."""
+    per-request entity weights and output sizes, and one generator per output."""
 
     requests: list[list[str | PIL.Image.Image]]
     batched: bool
     plans: list[list[str] | None] | None
-    entity_masks: list[dict | None]
+    entity_weights: list[torch.Tensor | None]
     sizes: list[tuple[int, int]]
     generators: list[torch.Generator | None]
 
