@@ -4,6 +4,7 @@ they write with the user's umask."""
 import os
 import stat
 
+import datasets
 import pytest
 from PIL import Image
 
@@ -172,6 +173,26 @@ def test_synth_checks_its_output_and_uses_the_umask(tmp_path, capsys):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o755
     assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "data").rglob("*") if p.is_file()} == {0o644}
+
+
+def test_synth_mix_selects_the_families_and_refuses_bad_weights(tmp_path, capsys):
+    for bad, message in (
+        ("drawing", "'drawing' is not family=weight"),
+        ("drawing=x", "the weight of 'drawing' must be a number; got 'x'"),
+        ("poetry=1", "mix has unknown families ['poetry']"),
+        ("drawing=nan", "mix['drawing'] must be a finite number >= 0"),
+        ("drawing=-1", "mix['drawing'] must be a finite number >= 0"),
+        ("drawing=0", "mix must give at least one family a positive weight"),
+        ("drawing=1,drawing=2", "family 'drawing' is given twice"),
+    ):
+        error = argparse_error(
+            capsys, ["data", "synth", "--out", str(tmp_path / "d"), "--num-samples", "4", "--mix", bad]
+        )
+        assert f"argument --mix: {message}" in error, bad
+    assert not (tmp_path / "d").exists()
+    assert loom(["data", "synth", "--out", str(tmp_path / "d"), "--num-samples", "6", "--mix", "style=1,plan=2"]) == 0
+    tasks = datasets.load_from_disk(str(tmp_path / "d"))["train"]["task"]
+    assert sorted(set(tasks)) == ["plan", "style"] and tasks.count("plan") == 4
 
 
 def test_eval_checks_the_judge_and_outputs_before_generating(tmp_path, no_loading, no_proxy):

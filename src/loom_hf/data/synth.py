@@ -493,17 +493,49 @@ def build_dataset(
 
 
 def synthesize(
-    out_dir: str | Path, num_samples: int, seed: int, size: int = 64, overwrite: bool = False, progress: bool = False
+    out_dir: str | Path,
+    num_samples: int,
+    seed: int,
+    size: int = 64,
+    overwrite: bool = False,
+    progress: bool = False,
+    mix: Mapping[str, float] | None = None,
 ) -> Path:
     """
     Write [`build_dataset`] to `out_dir` with `save_to_disk`: first into a temporary sibling folder, renamed into
     place at the end, so an interrupted run never leaves a half-written dataset. Returns `out_dir`.
     """
+    if mix is not None:
+        _check_mix(mix)  # before the output folder is touched
     destination = check_output_folder(out_dir, option="out_dir (--out)", overwrite=overwrite)
-    dataset = build_dataset(num_samples, seed, size, progress=progress)
+    dataset = build_dataset(num_samples, seed, size, mix=mix, progress=progress)
     with written_atomically(destination) as staging:
         dataset.save_to_disk(str(staging))
     return destination
+
+
+def _mix_text(mix: Mapping[str, float]) -> str:
+    return ",".join(f"{family}={weight:g}" for family, weight in mix.items())
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`--mix` as a dict: comma-separated `family=weight` pairs, each family of [`FAMILIES`] at most once."""
+    mix: dict[str, float] = {}
+    for item in text.split(","):
+        family, separator, weight = item.strip().partition("=")
+        if not separator:
+            raise argparse.ArgumentTypeError(f"{item!r} is not family=weight (families: {', '.join(FAMILIES)})")
+        if family in mix:
+            raise argparse.ArgumentTypeError(f"family {family!r} is given twice")
+        try:
+            mix[family] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"the weight of {family!r} must be a number; got {weight!r}") from None
+    try:
+        _check_mix(mix)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return mix
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -515,6 +547,12 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--size", type=int, default=64, help=f"image side in pixels, {MIN_SIZE}-{MAX_SIZE} (default 64)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=None,
+        help=f"family weights, e.g. drawing=0.6,plan=0.1; families left out get none (default {_mix_text(DEFAULT_MIX)})",
+    )
     parser.set_defaults(handler=run_synth)
     return parser
 
@@ -522,7 +560,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def run_synth(args: argparse.Namespace) -> int:
     """Handler of `loom data synth`: write the dataset and report where."""
     try:
-        path = synthesize(args.out, args.num_samples, args.seed, args.size, overwrite=args.overwrite, progress=True)
+        path = synthesize(
+            args.out, args.num_samples, args.seed, args.size, overwrite=args.overwrite, progress=True, mix=args.mix
+        )
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     print(f"Wrote {path}")

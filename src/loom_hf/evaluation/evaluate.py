@@ -28,7 +28,7 @@ from ..utils import check_output_file, check_output_folder, finite_float, non_ne
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge
 from .metrics import plan_exact_match, psnr, ssim, step_fidelity, temporal_coherence
 
-__all__ = ["DEFAULT_NUM_INFERENCE_STEPS", "evaluate_tutorials", "add_eval_arguments", "run_eval"]
+__all__ = ["DEFAULT_NUM_INFERENCE_STEPS", "drawing_annotations", "evaluate_tutorials", "add_eval_arguments", "run_eval"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _tutorial_rows(
             yield position, row
 
 
-def _drawing_annotations(row: Mapping[str, Any]) -> tuple[str, list[np.ndarray]] | None:
+def drawing_annotations(row: Mapping[str, Any]) -> tuple[str, list[np.ndarray]] | None:
     """The background name and per-step part masks of a synthetic drawing tutorial, or `None` when its metadata
     holds neither (converted Loom rows, for instance)."""
     meta = json.loads(row["meta"] or "{}")
@@ -109,7 +109,7 @@ def _ground_truth_plan_record(row: Mapping[str, Any], frames: list[PIL.Image.Ima
         "step_fidelity": None,
         "temporal_coherence": None,
     }
-    annotations = _drawing_annotations(row)
+    annotations = drawing_annotations(row)
     if annotations is not None:
         background, masks = annotations
         record["step_fidelity"] = step_fidelity(frames, references, masks, background).per_step
