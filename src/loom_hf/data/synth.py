@@ -551,7 +551,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--mix",
         type=parse_mix,
         default=None,
-        help=f"family weights, e.g. drawing=0.6,plan=0.1; families left out get none (default {_mix_text(DEFAULT_MIX)})",
+        help=f"family weights, e.g. drawing=0.6,plan=0.1; unnamed families get none (default {_mix_text(DEFAULT_MIX)})",
     )
     parser.set_defaults(handler=run_synth)
     return parser
