@@ -96,9 +96,16 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
         "run/pipeline",
         "--output",
         "exported",
+        "--model",
+        "run/pipeline/model",
+        "--guidance-scale",
+        "1.5",
+        "--image-guidance-scale",
+        "1.25",
         cwd=tmp_path,
     )
-    assert (tmp_path / "exported" / "model_index.json").is_file()
+    index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
+    assert (index["default_guidance_scale"], index["default_image_guidance_scale"]) == (1.5, 1.25)
     config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
     assert config["dtype"] == "float32" and config["max_frames"] == 8  # loaded back in float32
     # float16 for size, except the modules the model keeps in float32 (latent heads, time embedder).
@@ -127,3 +134,11 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
     assert "Step 2: Add a roof" in output
     assert Image.open(tmp_path / "tutorial" / "frame_02.png").size == (64, 64)
     assert (tmp_path / "tutorial" / "tutorial.html").is_file()
+    run(python, str(RECIPE / "frame_strip.py"), "tutorial", "strip.png", cwd=tmp_path)
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size == (2 * (128 + 6) + 6, 128 + 2 * 6 + 18)
+    # The second frame, scaled up by nearest neighbour, sits right of the first.
+    second = (
+        Image.open(tmp_path / "tutorial" / "frame_02.png").convert("RGB").resize((128, 128), Image.Resampling.NEAREST)
+    )
+    assert strip.crop((6 + 134, 6, 6 + 134 + 128, 6 + 128)).tobytes() == second.tobytes()

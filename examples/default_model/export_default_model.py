@@ -1,9 +1,12 @@
 """Store a trained pipeline as the package's embedded default model (`loom_hf.DEFAULT_MODEL`).
 
-    python examples/default_model/export_default_model.py --pipeline runs/default/pipeline
+    python examples/default_model/export_default_model.py --pipeline runs/stage2/pipeline \
+        [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0]
 
 Weights are stored in float16 (loaded back in float32), the folder is written next to the destination and
-renamed into place, and its size is checked against the package budget.
+renamed into place, and its size is checked against the package budget. `--model` swaps in another trained model
+folder of the same pipeline (the trainer's EMA weights, for instance), and the guidance options set the guidance
+every call uses when it names none (saved in `model_index.json`).
 """
 
 import argparse
@@ -13,16 +16,35 @@ from pathlib import Path
 import torch
 
 import loom_hf
-from loom_hf import LoomInterleavedPipeline
+from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
+from loom_hf.pipelines.requests import check_number
 from loom_hf.utils import written_atomically
 
 BUDGET_MB = 25
 
 
-def export(pipeline: str, destination: str | Path = loom_hf.DEFAULT_MODEL) -> float:
-    """Write `pipeline` in float16 to `destination`; returns its size in MB."""
+def export(
+    pipeline: str,
+    destination: str | Path = loom_hf.DEFAULT_MODEL,
+    *,
+    model: str | None = None,
+    guidance_scale: float | None = None,
+    image_guidance_scale: float | None = None,
+) -> float:
+    """Write `pipeline` (with the model folder `model` instead of its own, when given, and its default guidance
+    replaced by the given scales) in float16 to `destination`; returns its size in MB."""
+    for name, value in (("guidance_scale", guidance_scale), ("image_guidance_scale", image_guidance_scale)):
+        check_number(name, value, minimum=0.0, optional=True)  # before anything is loaded or written
     destination = Path(destination)
-    pipe = LoomInterleavedPipeline.from_pretrained(pipeline, dtype=torch.float16)
+    components = {}
+    if model is not None:
+        components["model"] = LoomForInterleavedGeneration.from_pretrained(model, dtype=torch.float16)
+    pipe = LoomInterleavedPipeline.from_pretrained(pipeline, dtype=torch.float16, **components)
+    defaults = {
+        "default_guidance_scale": guidance_scale,
+        "default_image_guidance_scale": image_guidance_scale,
+    }
+    pipe.register_to_config(**{name: value for name, value in defaults.items() if value is not None})
     with written_atomically(destination) as staging:
         pipe.save_pretrained(staging)
         staging.chmod(0o755)  # mkdtemp creates the folder private; the package's files are world-readable
@@ -39,8 +61,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="the trained pipeline folder")
     parser.add_argument("--output", default=loom_hf.DEFAULT_MODEL, help="destination (default: the package's)")
+    parser.add_argument("--model", help="a trained model folder to ship instead of the pipeline's own")
+    parser.add_argument("--guidance-scale", type=float, help="the default text guidance of the shipped pipeline")
+    parser.add_argument("--image-guidance-scale", type=float, help="the default image guidance of the shipped pipeline")
     args = parser.parse_args()
-    print(f"Wrote {args.output} ({export(args.pipeline, args.output):.1f} MB)")
+    size = export(
+        args.pipeline,
+        args.output,
+        model=args.model,
+        guidance_scale=args.guidance_scale,
+        image_guidance_scale=args.image_guidance_scale,
+    )
+    print(f"Wrote {args.output} ({size:.1f} MB)")
 
 
 if __name__ == "__main__":

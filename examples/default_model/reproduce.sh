@@ -5,9 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs}
 STEPS=${STEPS:-1400}
+FRAME_STEPS=${FRAME_STEPS:-2400}
+# Stage 2's data: the same families, most rows drawing tutorials (the planner is learnt in stage 1), another seed.
+FRAME_MIX=drawing=0.6,procedure=0.08,compose=0.06,decompose=0.05,style=0.06,t2i=0.04,edit=0.04,understanding=0.03,plan=0.04
 
-# 1. Procedural data (~40 s): 7000 training rows (3000 of them text-only plans), 700 held-out tutorials.
+# 1. Procedural data (~40 s each): 7000 training rows (3000 of them text-only plans) and 700 held-out tutorials for
+#    stage 1; 6000 rows of the frame-heavy mix (3600 drawing tutorials) for stage 2.
 loom data synth --out "$RUNS/data" --num-samples 7000 --seed 0 --overwrite
+loom data synth --out "$RUNS/data_frames" --num-samples 6000 --seed 1 --mix "$FRAME_MIX" --overwrite
 
 # 2. The autoencoder, trained first on the same images (~14 min; 1M parameters, 24.4 dB held-out PSNR).
 python examples/default_model/train_vae.py --dataset "$RUNS/data" --output-dir "$RUNS/vae" --seed 0 --num-threads 1
@@ -15,7 +20,7 @@ python examples/default_model/train_vae.py --dataset "$RUNS/data" --output-dir "
 # 3. Caption tokenizer + untrained model from examples/default_model/loom_config.json.
 python examples/default_model/build_pipeline.py --data "$RUNS/data" --vae "$RUNS/vae" --output "$RUNS/init"
 
-# 4. Loom training with the package's trainer (sparse history, temporal table, joint loss): 1400 steps, ~55 min.
+# 4. Stage 1, Loom training with the package's trainer (sparse history, temporal table, joint loss): 1400 steps.
 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     examples/train_sft.py \
     --model_name_or_path "$RUNS/init" --dataset "$RUNS/data" --cache_latents --use_cpu --seed 0 \
@@ -23,8 +28,17 @@ ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --m
     --warmup_steps 100 --weight_decay 0.01 --max_tokens_per_batch 4096 --logging_steps 25 --save_steps 700 \
     --timestep_shift 1.0 --report_to none
 
-# 5. Ship it inside the package (float16) and evaluate it and the untrained model on the held-out tutorials.
-python examples/default_model/export_default_model.py --pipeline "$RUNS/default/pipeline"
+# 5. Stage 2, the same trainer from stage 1's weights on the frame-heavy data, with EMA weights (decay 0.998): 2400
+#    steps at a lower peak learning rate, single-threaded (~62 min when nothing else runs).
+OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+    --dynamo_backend no examples/train_sft.py \
+    --model_name_or_path "$RUNS/default/pipeline" --dataset "$RUNS/data_frames" --cache_latents --use_cpu --seed 0 \
+    --output_dir "$RUNS/stage2" --max_steps "$FRAME_STEPS" --learning_rate 5e-4 --lr_scheduler_type cosine \
+    --warmup_steps 50 --weight_decay 0.01 --max_tokens_per_batch 4096 --logging_steps 25 --save_steps 300 \
+    --timestep_shift 1.0 --ema_decay 0.998 --report_to none
+
+# 6. Ship it inside the package (float16) and evaluate it and the untrained model on the held-out tutorials.
+python examples/default_model/export_default_model.py --pipeline "$RUNS/stage2/pipeline"
 EVAL=(--data "$RUNS/data" --split eval --num-samples 50 --steps 20 --seed 0)
 loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --report "$RUNS/eval/trained.json" > /dev/null
 loom eval --model "$RUNS/init" "${EVAL[@]}" --report "$RUNS/eval/untrained.json" > /dev/null
