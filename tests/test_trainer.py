@@ -16,9 +16,11 @@ from transformers import TrainerCallback
 
 from loom_hf import TokenType
 from loom_hf.data import build_dataset
+from loom_hf.data.synth import FAMILIES
 from loom_hf.modeling.history import history_frame_indices
 from loom_hf.modeling.latents import pack_latents
 from loom_hf.modeling.packing import create_loom_attention_mask
+from loom_hf.modeling.processing_loom import ENTITY_TOKENS
 from loom_hf.tiny import tiny_pipeline
 from loom_hf.trainers import (
     ImageItem,
@@ -31,6 +33,7 @@ from loom_hf.trainers import (
     instance_keys,
     select_trainable_parameters,
 )
+from loom_hf.trainers.collator import DrawnBatch
 from loom_hf.trainers.lora import lora_config, merge_lora_adapter
 
 from .test_packing import reference_mask
@@ -205,6 +208,42 @@ def test_dropped_image_keeps_its_rope_slot_and_dropped_text_does_not(pipe):
 
     assert text_start(no_image) == text_start(full) == 2
     assert no_text["position_ids"][0, -1] == 2  # the target follows the two image blocks directly
+
+
+def test_num_tokens_is_the_collated_length_of_every_task(pipe):
+    """`num_tokens` is an instance's packed length with nothing dropped, and no dropout draw exceeds it, for every task
+    the synthetic data writes: tutorial frames with their history, edit, t2i, style, compose and decompose with entity
+    tokens, the text-only plan and understanding."""
+    rows = build_dataset(len(FAMILIES), seed=0, mix=dict.fromkeys(FAMILIES, 1))["train"]
+    assert set(rows["task"]) == set(FAMILIES.values())
+    instances = [
+        build_instance(row, key, max_history_frames=4)
+        for row in rows
+        for key in instance_keys(row["task"], len(row["step_texts"]), len(row["targets"]))
+    ]
+    history = [
+        sum(isinstance(i, ImageItem) and not i.target and i.frame is not None for i in inst) for inst in instances
+    ]
+    assert max(history) >= 2
+    texts = [item.text for instance in instances for item in instance if isinstance(item, TextItem)]
+    assert any(token in text for text in texts for token in ENTITY_TOKENS)
+
+    def lengths(batch: dict) -> list[int]:
+        return batch["attention_mask"].sum(1).tolist()
+
+    exact = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=0, vae_dropout=0, packing=False)
+    counts = [exact.num_tokens(instance) for instance in instances]
+    assert lengths(exact(instances)) == counts
+    packed = LoomDataCollator(pipe.processor, text_dropout=0, vit_dropout=0, vae_dropout=0)
+    assert packed(instances)["input_ids"].shape == (1, sum(counts))
+    for probability in (0.5, 1.0):
+        dropping = LoomDataCollator(
+            pipe.processor, text_dropout=probability, vit_dropout=probability, vae_dropout=probability, packing=False
+        )
+        assert dropping.num_tokens(instances[0]) == counts[0]  # the count never drops
+        drawn = [lengths(dropping(DrawnBatch(instances, seed))) for seed in range(4)]
+        assert all(length <= count for draw in drawn for length, count in zip(draw, counts))
+        assert any(length < count for draw in drawn for length, count in zip(draw, counts))
 
 
 def test_cached_latents_match_encoding_during_training(pipe, rows, tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from ..modeling.packing import TokenType
 from ..modeling.processing_loom import LoomProcessor
-from .instances import Instance, TextItem
+from .instances import ImageItem, Instance, TextItem
 
 __all__ = ["DrawnBatch", "LoomDataCollator", "TokenBudgetBatchSampler"]
 
@@ -72,6 +72,23 @@ class _Sequence:
         self.documents += [document] * count
 
 
+@dataclass(frozen=True)
+class _Block:
+    """One block of an instance as laid out for packing: a text turn, a latent block or a ViT block.
+
+    `ids` and `types` are its tokens, framing markers included (none when dropped); `position` is the RoPE position
+    of its first token (an image block's one position); `grid` is an image block's latent or patch grid (rows, cols).
+    """
+
+    kind: TokenType
+    item: TextItem | ImageItem
+    ids: list[int]
+    types: list[int]
+    position: int
+    dropped: bool = False
+    grid: tuple[int, int] | None = None
+
+
 @dataclass
 class LoomDataCollator:
     """Turns a list of [`Instance`]s into one training batch.
@@ -97,108 +114,125 @@ class LoomDataCollator:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be a probability in [0, 1]; got {getattr(self, name)}.")
 
-    def image_token_counts(self, image) -> tuple[int, int]:
-        """(latent tokens, ViT patches) of an image after BAGEL's resize rules."""
+    def image_grids(self, image) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(latent grid, ViT patch grid), each (rows, cols), of an image after BAGEL's resize rules, from its size
+        alone (nothing is resized)."""
         image_processor = self.processor.image_processor
         width, height = image_processor.target_size(*image.size, image_processor.vae_image_size)
-        stride = self.processor.image_processor.vae_image_size[2]
+        stride = image_processor.vae_image_size[2]
         vit_width, vit_height = image_processor.target_size(width, height, image_processor.vit_image_size)
         patch = image_processor.patch_size
-        return (height // stride) * (width // stride), (vit_height // patch) * (vit_width // patch)
+        return (height // stride, width // stride), (vit_height // patch, vit_width // patch)
+
+    def image_token_counts(self, image) -> tuple[int, int]:
+        """(latent tokens, ViT patches) of an image after BAGEL's resize rules."""
+        (rows, cols), (vit_rows, vit_cols) = self.image_grids(image)
+        return rows * cols, vit_rows * vit_cols
 
     def num_tokens(self, instance: Instance) -> int:
-        """Length of an instance when nothing is dropped (the most it can take in a batch)."""
-        total = 0
-        for item in instance:
-            if isinstance(item, TextItem):
-                total += len(self.processor.text_block(item.text))
-            else:
-                latents, patches = self.image_token_counts(item.image)
-                total += (latents + 2) * (item.use_vae or item.target) + (patches + 2) * (
-                    item.use_vit and not item.target
-                )
-        return total
+        """Length of an instance when nothing is dropped (the most it can take in a batch): the tokens of the blocks
+        that packing lays out."""
+        return sum(len(laid.ids) for laid in self._layout(instance, generator=None, dropout=False))
 
     @staticmethod
     def _dropped(droppable: bool, probability: float, generator: torch.Generator | None) -> bool:
         """Draw from the batch's generator (a [`DrawnBatch`]'s seed), else from torch's global one."""
         return droppable and probability > 0 and float(torch.rand((), generator=generator)) < probability
 
-    def _add_instance(
-        self, row: _Sequence, instance: Instance, *, document: int, images: dict, block: int, generator
-    ) -> int:
-        """Append one instance to `row`; returns the next free block id."""
-        processor = self.processor
+    def _layout(self, instance: Instance, *, generator: torch.Generator | None, dropout: bool) -> list[_Block]:
+        """The blocks of `instance` in packing order, with their tokens and RoPE positions: what `_add_instance`
+        packs and `num_tokens` counts, so the two cannot disagree.
+
+        With `dropout`, every droppable condition is dropped with its probability, drawn in item order from
+        `generator`; without it nothing is dropped and nothing is drawn. A dropped text takes no position, a dropped
+        image keeps its RoPE slot, as in BAGEL. Image sizes come from the resize rule alone: no image is decoded,
+        resized or cut into patches here, which keeps counting a whole dataset cheap.
+        """
+        blocks: list[_Block] = []
         position = 0
         for item in instance:
             if isinstance(item, TextItem):
-                if self._dropped(item.droppable, self.text_dropout, generator):
+                if dropout and self._dropped(item.droppable, self.text_dropout, generator):
+                    blocks.append(_Block(TokenType.TEXT, item, [], [], position, dropped=True))
                     continue
-                ids = processor.text_block(item.text)
-                labels = [IGNORE_INDEX, *ids[1:]] if item.loss else [IGNORE_INDEX] * len(ids)
-                positions = list(range(position, position + len(ids)))
+                ids = self.processor.text_block(item.text)
+                blocks.append(_Block(TokenType.TEXT, item, ids, [TokenType.TEXT] * len(ids), position))
+                position += len(ids)
+                continue
+            latent_grid, vit_grid = self.image_grids(item.image)
+            if item.target or item.use_vae:
+                dropped = not item.target and dropout and self._dropped(item.droppable, self.vae_dropout, generator)
+                blocks.append(
+                    self._image_block(TokenType.LATENT, item, latent_grid, position=position, dropped=dropped)
+                )
+                # A noised target shares its position with the clean copy that would follow it.
+                position += 0 if item.target else 1
+            if item.use_vit and not item.target:
+                dropped = dropout and self._dropped(item.droppable, self.vit_dropout, generator)
+                blocks.append(self._image_block(TokenType.VIT, item, vit_grid, position=position, dropped=dropped))
+                position += 1
+        return blocks
+
+    def _image_block(
+        self, kind: TokenType, item: ImageItem, grid: tuple[int, int], *, position: int, dropped: bool
+    ) -> _Block:
+        """A latent or ViT block of `grid` tokens between its two markers; no tokens when dropped."""
+        ids, types = ([], []) if dropped else self.processor.image_block(grid[0] * grid[1], kind)
+        return _Block(kind, item, ids, types, position, dropped=dropped, grid=grid)
+
+    def _add_instance(
+        self, row: _Sequence, instance: Instance, *, document: int, images: dict, block: int, generator
+    ) -> int:
+        """Append the laid-out blocks of one instance to `row` and their images' inputs to `images`; returns the next
+        free block id."""
+        image_processor = self.processor.image_processor
+        # Every image is decoded and resized, even one whose blocks are dropped: a broken image fails whatever is drawn.
+        resized = {
+            id(item): image_processor.resize_for_vae(item.image) for item in instance if isinstance(item, ImageItem)
+        }
+        for laid in self._layout(instance, generator=generator, dropout=True):
+            if laid.dropped:
+                continue
+            item = laid.item
+            if laid.kind == TokenType.TEXT:
                 row.extend(
-                    ids,
-                    [TokenType.TEXT] * len(ids),
-                    position=positions,
+                    laid.ids,
+                    laid.types,
+                    position=list(range(laid.position, laid.position + len(laid.ids))),
                     block=-1,
                     noised=False,
                     frame=-1,
-                    labels=labels,
+                    labels=[IGNORE_INDEX, *laid.ids[1:]] if item.loss else [IGNORE_INDEX] * len(laid.ids),
                     document=document,
                 )
-                position += len(ids)
                 continue
-            image = processor.image_processor.resize_for_vae(item.image)
-            frame = item.frame if item.frame is not None and self.use_frames else -1
-            if item.target or item.use_vae:
-                if not item.target and self._dropped(item.droppable, self.vae_dropout, generator):
-                    position += 1
-                else:
-                    stride = processor.image_processor.vae_image_size[2]
-                    grid = (image.height // stride, image.width // stride)
-                    ids, types = processor.image_block(grid[0] * grid[1], TokenType.LATENT)
-                    row.extend(
-                        ids,
-                        types,
-                        position=position,
-                        block=block,
-                        noised=item.target,
-                        frame=frame,
-                        labels=[IGNORE_INDEX] * len(ids),
-                        document=document,
-                    )
-                    # Cached latents skip the VAE; otherwise the trainer encodes these pixels.
-                    images["vae_pixel_values"].append(
-                        item.latents
-                        if item.latents is not None
-                        else processor.image_processor.vae_pixel_values(image)[0]
-                    )
-                    images["latent_grid_hw"].append(grid)
-                    images["latent_is_target"].append(item.target)
-                    block += 1
-                    # A noised target shares its position with the clean copy that would follow it.
-                    position += 0 if item.target else 1
-            if item.use_vit and not item.target:
-                if self._dropped(item.droppable, self.vit_dropout, generator):
-                    position += 1
-                    continue
-                patches, grid = processor.image_processor.vit_patches(image)
-                ids, types = processor.image_block(patches.shape[0], TokenType.VIT)
-                row.extend(
-                    ids,
-                    types,
-                    position=position,
-                    block=block,
-                    noised=False,
-                    frame=frame,
-                    labels=[IGNORE_INDEX] * len(ids),
-                    document=document,
+            row.extend(
+                laid.ids,
+                laid.types,
+                position=laid.position,
+                block=block,
+                noised=laid.kind == TokenType.LATENT and item.target,
+                frame=item.frame if item.frame is not None and self.use_frames else -1,
+                labels=[IGNORE_INDEX] * len(laid.ids),
+                document=document,
+            )
+            block += 1
+            image = resized[id(item)]
+            if laid.kind == TokenType.LATENT:
+                # Cached latents skip the VAE; otherwise the trainer encodes these pixels.
+                images["vae_pixel_values"].append(
+                    item.latents if item.latents is not None else image_processor.vae_pixel_values(image)[0]
                 )
+                images["latent_grid_hw"].append(laid.grid)
+                images["latent_is_target"].append(item.target)
+            else:
+                patches, grid = image_processor.vit_patches(image)
+                if grid != laid.grid:
+                    raise RuntimeError(
+                        f"The ViT cut an image into a {grid} patch grid; its block was laid out {laid.grid}."
+                    )
                 images["pixel_values"].append(patches)
                 images["image_grid_hw"].append(grid)
-                block += 1
-                position += 1
         return block
 
     def __call__(self, instances: list[Instance] | DrawnBatch) -> dict:

@@ -5,6 +5,7 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from diffusers import AutoencoderKL
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
-from ..modeling import LoomForInterleavedGeneration
+from ..modeling import LoomForInterleavedGeneration, LoomOutput
 from ..modeling.history import HISTORY_MODES
 from ..modeling.latents import encode_latents, pack_latents
 from .argument_checks import check_training_numbers
@@ -195,13 +196,19 @@ class LoomTrainer(Trainer):
         return clean
 
     @torch.no_grad()
-    def _latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode the batch's images, noise the targets; returns (model latents, velocity targets, target mask)."""
+    def _latents(self, batch: dict) -> "_NoisedLatents | None":
+        """Take the batch's latent blocks out of it, encode them and noise the targets (step 1 of `compute_loss`).
+
+        Sets the model inputs `latents` and `timesteps`; returns the noised latents, their flow velocity targets and
+        the mask of target tokens, or `None` for a batch without latent blocks (text alone: nothing to noise).
+        """
         pixels = batch.pop("vae_pixel_values")
         is_target = batch.pop("latent_is_target").to(self.args.device)
+        if not pixels:
+            return None
         clean = self._clean_latent_tokens(pixels)
         lengths = torch.tensor([tokens.shape[0] for tokens in clean], device=self.args.device)
-        clean = torch.cat(clean) if clean else torch.zeros(0, self.model.config.latent_token_dim)
+        clean = torch.cat(clean)
         shift = self.args.timestep_shift
         sigma = compute_density_for_timestep_sampling(
             "logit_normal", len(pixels), logit_mean=0.0, logit_std=1.0, device=self.args.device
@@ -212,19 +219,40 @@ class LoomTrainer(Trainer):
         noise = torch.randn_like(clean)
         batch["latents"] = (1 - per_token) * clean + per_token * noise
         batch["timesteps"] = sigma
-        return batch["latents"], noise - clean, is_target.repeat_interleave(lengths)
+        return _NoisedLatents(batch["latents"], noise - clean, is_target.repeat_interleave(lengths))
 
     def compute_loss(self, model, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """`ce_loss_weight · CE + MSE` of one micro-batch: noise the targets, compute the normalised loss from its
+        two parts, record the parts' sums for the log."""
         labels = inputs.pop("labels")
-        targets = mask = None
-        if inputs["vae_pixel_values"]:
-            _, targets, mask = self._latents(inputs)
-        else:
-            inputs.pop("vae_pixel_values")
-            inputs.pop("latent_is_target")
-        shifted = labels[:, 1:]
-        kept = (shifted != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+        noised = self._latents(inputs)
+        # Only positions with a next-token label need logits.
+        shift_labels = labels[:, 1:]
+        kept = (shift_labels != IGNORE_INDEX).any(dim=0).nonzero().flatten()
         outputs = model(**inputs, logits_to_keep=kept)
+        counts = _micro_batch_counts(labels, noised)
+        loss, ce_sum, mse_sum = self._joint_loss(
+            outputs,
+            shift_labels=shift_labels[:, kept],
+            noised=noised,
+            window_counts=counts if num_items_in_batch is None else num_items_in_batch,
+        )
+        self._record_loss_sums(ce_sum=ce_sum, mse_sum=mse_sum, counts=counts)
+        return (loss, outputs) if return_outputs else loss
+
+    def _joint_loss(
+        self,
+        outputs: LoomOutput,
+        *,
+        shift_labels: torch.Tensor,
+        noised: "_NoisedLatents | None",
+        window_counts: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss to backpropagate, and the CE and MSE sums it is made of (step 2 of `compute_loss`).
+
+        Each sum is divided by its token count over the whole accumulation window (`window_counts`: CE, MSE), so
+        micro-batches of any size weigh their tokens alike; non-finite sums stop training here.
+        """
         # The model's causal-LM loss over the kept logits, normalised by one item: the sum, which the token count of
         # the whole accumulation window normalises below (and the log accumulates).
         ce_sum = self.model.loss_function(
@@ -233,27 +261,28 @@ class LoomTrainer(Trainer):
             vocab_size=self.model.config.text_config.vocab_size,
             num_items_in_batch=1,
             ignore_index=IGNORE_INDEX,
-            shift_labels=shifted[:, kept],
+            shift_labels=shift_labels,
         )
         mse_sum = outputs.logits.new_zeros((), dtype=torch.float32)
-        if mask is not None:
-            error = (outputs.velocity.float() - targets) ** 2
+        if noised is not None:
+            error = (outputs.velocity.float() - noised.velocity) ** 2
+            mask = noised.is_target
             mse_sum = error[mask].mean(dim=-1).sum() if mask.any() else error.sum() * 0
         self._check_finite_losses(ce_sum=ce_sum, mse_sum=mse_sum)
-        if num_items_in_batch is None:
-            num_items_in_batch = torch.stack(
-                [_ce_count(labels), mask.sum() if mask is not None else labels.new_zeros(())]
-            )
-        counts = num_items_in_batch.to(ce_sum.device).clamp(min=1).float()
+        counts = window_counts.to(ce_sum.device).clamp(min=1).float()
         loss = self.args.ce_loss_weight * ce_sum / counts[0] + mse_sum / counts[1]
         if self.args.world_size > 1:
             # Counts cover all processes while data-parallel training averages the gradients.
             loss = loss * self.accelerator.num_processes
+        return loss, ce_sum, mse_sum
+
+    def _record_loss_sums(self, *, ce_sum: torch.Tensor, mse_sum: torch.Tensor, counts: torch.Tensor) -> None:
+        """Add a micro-batch's loss sums and token counts to the logging window (step 3 of `compute_loss`); `log`
+        turns them into token-weighted means."""
         for name, value in (("ce_sum", ce_sum), ("mse_sum", mse_sum)):
             self._loss_sums[name] += value.detach().double().cpu()
-        self._loss_sums["ce_count"] += float(_ce_count(labels))
-        self._loss_sums["mse_count"] += float(mask.sum()) if mask is not None else 0.0
-        return (loss, outputs) if return_outputs else loss
+        self._loss_sums["ce_count"] += float(counts[0])
+        self._loss_sums["mse_count"] += float(counts[1])
 
     def _check_finite_losses(self, *, ce_sum: torch.Tensor, mse_sum: torch.Tensor) -> None:
         """Stop at the first non-finite loss part, before its gradients reach the weights."""
@@ -361,6 +390,19 @@ class LoomTrainer(Trainer):
             self.save_model(output_dir)
         finally:
             self.ema.restore(parameters)
+
+
+class _NoisedLatents(NamedTuple):
+    """The latent tokens of a batch after noising: what the model sees, the flow targets, which tokens are noised."""
+
+    latents: torch.Tensor  # [tokens, dim] model inputs: clean for conditions, noised for targets
+    velocity: torch.Tensor  # [tokens, dim] flow-matching targets `noise − x0`
+    is_target: torch.Tensor  # [tokens] bool: the tokens of noised target blocks (the MSE's tokens)
+
+
+def _micro_batch_counts(labels: torch.Tensor, noised: _NoisedLatents | None) -> torch.Tensor:
+    """(CE tokens, MSE tokens) of one micro-batch: supervised text tokens and noised latent tokens."""
+    return torch.stack([_ce_count(labels), noised.is_target.sum() if noised is not None else labels.new_zeros(())])
 
 
 def _finite(parameter: torch.Tensor) -> bool:
