@@ -1,0 +1,86 @@
+"""Held-out quality along a training run: `loom eval`'s frame metrics for every checkpoint of an output folder.
+
+    python examples/default_model/eval_checkpoints.py --pipeline runs/stage2/pipeline --run runs/stage2 \
+        --data runs/data [--tutorials 12] [--guidance-scale 1.5 --image-guidance-scale 1.5]
+
+The training loss of a flow model is mostly the noise it cannot predict, so it says little about whether more steps
+would help; this says it in the metrics that matter. Each `checkpoint-N` model (its live weights, and its EMA weights
+when the checkpoint holds them) goes into the pipeline `--pipeline` in place of that pipeline's own model, and renders
+the first `--tutorials` held-out tutorials from their ground-truth plans (seeds 0...). Prints one JSON line per model.
+"""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import datasets
+import torch
+from diffusers.training_utils import EMAModel
+
+from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
+from loom_hf.evaluation.evaluate import evaluate_tutorials
+from loom_hf.trainers.ema import EMA_FILE, load_ema_state, trainable_names
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def with_ema_weights(model: LoomForInterleavedGeneration, checkpoint: Path) -> LoomForInterleavedGeneration:
+    """`model` with the EMA shadow weights of `checkpoint` copied in."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    ema = EMAModel(parameters)
+    load_ema_state(ema, trainable_names(model), checkpoint / EMA_FILE)
+    ema.copy_to(parameters)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="a pipeline folder of the run (processor, VAE, scheduler)")
+    parser.add_argument("--run", required=True, type=Path, help="the training output folder with checkpoint-N folders")
+    parser.add_argument("--data", required=True, help="the dataset folder whose `eval` split is scored")
+    parser.add_argument("--tutorials", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per frame")
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--image-guidance-scale", type=float)
+    args = parser.parse_args()
+    checkpoints = sorted(
+        (int(match[1]), path) for path in args.run.iterdir() if (match := CHECKPOINT.match(path.name)) is not None
+    )
+    if not checkpoints:
+        raise SystemExit(f"error: {args.run} holds no checkpoint-N folders")
+    rows = datasets.load_from_disk(args.data)["eval"]
+    guidance = {
+        name: value
+        for name, value in (
+            ("guidance_scale", args.guidance_scale),
+            ("image_guidance_scale", args.image_guidance_scale),
+        )
+        if value is not None
+    }
+    for step, path in checkpoints:
+        for weights in ("live", "ema") if (path / EMA_FILE).is_file() else ("live",):
+            model = LoomForInterleavedGeneration.from_pretrained(path, dtype=torch.float32)
+            if weights == "ema":
+                model = with_ema_weights(model, path)
+            pipe = LoomInterleavedPipeline.from_pretrained(args.pipeline, model=model, dtype=torch.float32)
+            pipe.set_progress_bar_config(disable=True)
+            report = evaluate_tutorials(
+                pipe, rows, num_samples=args.tutorials, seed=0, num_inference_steps=args.steps, **guidance
+            )
+            gt = report["gt_plan"]
+            print(
+                json.dumps(
+                    {
+                        "step": step,
+                        "weights": weights,
+                        **{key: round(gt[key], 3) for key in ("ssim", "step_fidelity", "temporal_coherence")},
+                        "plan_exact_match": report["own_plan"]["plan_exact_match"],
+                    }
+                ),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
