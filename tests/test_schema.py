@@ -293,3 +293,20 @@ def test_convert_rows_read_with_pandas(tmp_path):
 def test_convert_missing_path_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="path_or_paths"):
         convert_loom_parquet(tmp_path / "absent.parquet")
+
+
+def test_convert_reads_through_datasets_and_names_unusable_files(tmp_path):
+    rows = write_parquet(tmp_path / "a.parquet", [[png(), png()]], [["Draw", "Step1: a, Step2: b"]])
+    empty = write_parquet(tmp_path / "b.parquet", [], [])
+    dataset = convert_loom_parquet([rows, empty])
+    # Arrow files of the datasets cache back the result (memory-mapped), not a table built in memory.
+    assert dataset.cache_files and len(dataset) == 1 and dataset.features == LOOM_FEATURES
+    assert len(convert_loom_parquet(empty)) == 0
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"'.*broken\.parquet' is not a readable parquet file"):
+        convert_loom_parquet([rows, tmp_path / "broken.parquet"])
+    pq.write_table(pa.table({"image_list": pa.array([[png()]], pa.list_(pa.binary()))}), tmp_path / "half.parquet")
+    with pytest.raises(
+        ValueError, match=r"'.*half\.parquet' lacks the official Loom column\(s\) \['instruction_list'\]"
+    ):
+        convert_loom_parquet(tmp_path / "half.parquet")

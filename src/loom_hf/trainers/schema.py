@@ -6,6 +6,7 @@ step), target images, a text answer (understanding only) and free-form JSON meta
 without frames: it trains the planner on text alone.
 """
 
+import functools
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import datasets
 import PIL.Image
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..planning import parse_plan
@@ -55,6 +57,7 @@ ON_ERROR_CHOICES = ("raise", "skip")
 # How many problems a raised error spells out; the bad row indices are always listed in full.
 MAX_REPORTED_PROBLEMS = 50
 ARROW_BATCH_SIZE = 256
+_PARQUET_COLUMNS = ("image_list", "instruction_list")
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,37 @@ def _parquet_files(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike
     return files
 
 
+# A bad row's fields while it waits to be filtered out, and the converted rows' features with their problems.
+_EMPTY_ROW = {name: "" if isinstance(feature, datasets.Value) else [] for name, feature in LOOM_FEATURES.items()}
+_CONVERTED_FEATURES = datasets.Features({**LOOM_FEATURES, "problems": datasets.List(datasets.Value("string"))})
+
+
+def _converted_parquet_row(raw: Mapping[str, Any], local_index: int, *, file_name: str, max_frames: int | None):
+    """One official row as a [`LOOM_FEATURES`] row plus its `problems` (empty for a usable row; a bad row keeps
+    empty fields, to be filtered out)."""
+    where = f"{file_name} row {local_index}"
+    try:
+        row = from_loom_parquet_row(raw)
+    except ValueError as error:
+        return {**_EMPTY_ROW, "problems": [f"{where}: {error}"]}
+    row["meta"] = json.dumps({"source": "loom-parquet", "file": file_name, "row": local_index})
+    return {**row, "problems": [f"{where}: {reason}" for reason in _row_reasons(row, max_frames)]}
+
+
+def _parquet_rows(file: Path) -> int:
+    """The row count of an official Loom parquet file, read from its footer alone, before `datasets` builds
+    anything; refuses, naming the file, one that is no parquet file or lacks the official columns."""
+    try:
+        metadata = pq.read_metadata(file)
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"{str(file)!r} is not a readable parquet file: {error}") from error
+    names = metadata.schema.to_arrow_schema().names
+    missing = [column for column in _PARQUET_COLUMNS if column not in names]
+    if missing:
+        raise ValueError(f"{str(file)!r} lacks the official Loom column(s) {missing}; it has {names}.")
+    return metadata.num_rows
+
+
 def convert_loom_parquet(
     path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
     max_frames: int | None = None,
@@ -302,32 +336,30 @@ def convert_loom_parquet(
     """
     Read official Loom parquet files into a `datasets.Dataset` with [`LOOM_FEATURES`].
 
-    Rows are numbered across the files in order. Every row is converted with [`from_loom_parquet_row`] and checked
-    like [`validate_rows`]; bad rows never stop the reading: they are collected with their index, then raised all
-    together (`on_error="raise"`) or dropped with one warning (`"skip"`). The result is held in memory, so convert a
-    corpus larger than memory file by file.
+    Each file is read with `datasets` (`Dataset.from_parquet`, Arrow on disk in the datasets cache, so a corpus
+    larger than memory converts too) and every row converted with [`from_loom_parquet_row`] and checked like
+    [`validate_rows`] in one `map`. Rows are numbered across the files in order. Bad rows never stop the reading:
+    they are collected with their index, then raised all together (`on_error="raise"`) or dropped with one warning
+    (`"skip"`).
     """
     _check_options(max_frames, on_error)
-    columns = {name: [] for name in LOOM_FEATURES}
-    problems, index = [], -1
+    parts, problems, offset = [], [], 0
     for file in _parquet_files(path_or_paths):
-        batches = pq.ParquetFile(file).iter_batches(
-            batch_size=ARROW_BATCH_SIZE, columns=["image_list", "instruction_list"]
+        if _parquet_rows(file) == 0:
+            continue  # `datasets` cannot build a split from a file without rows; it adds none anyway
+        raw = datasets.Dataset.from_parquet(str(file), columns=list(_PARQUET_COLUMNS))
+        converted = raw.map(
+            functools.partial(_converted_parquet_row, file_name=file.name, max_frames=max_frames),
+            with_indices=True,
+            remove_columns=raw.column_names,
+            features=_CONVERTED_FEATURES,
+            desc=f"Converting {file.name}",
         )
-        local_index = -1
-        for raw in (row for batch in batches for row in batch.to_pylist()):
-            index, local_index = index + 1, local_index + 1
-            where = f"{file.name} row {local_index}"
-            try:
-                row = from_loom_parquet_row(raw)
-            except ValueError as error:
-                problems.append(RowProblem(index, f"{where}: {error}"))
-                continue
-            row["meta"] = json.dumps({"source": "loom-parquet", "file": file.name, "row": local_index})
-            reasons = _row_reasons(row, max_frames)
-            problems.extend(RowProblem(index, f"{where}: {reason}") for reason in reasons)
-            if not reasons:
-                for name in LOOM_FEATURES:
-                    columns[name].append(row[name])
-    _report(problems, index + 1, on_error)
-    return datasets.Dataset.from_dict(columns, features=LOOM_FEATURES)
+        for local_index, reasons in enumerate(converted["problems"]):
+            problems.extend(RowProblem(offset + local_index, reason) for reason in reasons)
+        offset += len(converted)
+        parts.append(converted.filter(lambda reasons: not reasons, input_columns="problems"))
+    _report(problems, offset, on_error)
+    if not parts:
+        return datasets.Dataset.from_dict({name: [] for name in LOOM_FEATURES}, features=LOOM_FEATURES)
+    return datasets.concatenate_datasets(parts).remove_columns("problems")
