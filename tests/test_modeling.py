@@ -70,24 +70,46 @@ def test_block_by_block_prefill_equals_one_forward(model_and_inputs):
     assert len(full.hidden_states) == model.config.text_config.num_hidden_layers + 1
 
 
+@pytest.mark.parametrize("prefill", ["text", "image"])
 @pytest.mark.parametrize("cache_class", [LoomCache, DynamicCache])
 @torch.no_grad()
-def test_text_continues_the_positions_of_any_cache(tiny_pipe, cache_class):
+def test_text_continues_the_positions_of_any_cache(tiny_pipe, cache_class, prefill):
     """A text turn after a filled cache, a plain `DynamicCache` included, takes the positions after the cached
     tokens (its logits are those of one forward over both turns); positions reach the decoder as integers, without a
-    cache too."""
+    cache too. After an image block (one position for the whole block) only a `LoomCache` knows where the counter
+    stands: any other cache is refused, nothing written, rather than giving the text after it wrong positions."""
     model, processor = tiny_pipe.model, tiny_pipe.processor
     first, second = processor.text_block("Draw a red house"), processor.text_block("Add the roof")
+    torch.manual_seed(0)
+    block, block_types = processor.image_block(4, TokenType.VIT) if prefill == "image" else ([], [])
+    images = {"pixel_values": torch.randn(4, 14 * 14 * 3), "image_grid_hw": torch.tensor([[2, 2]])} if block else {}
+    prefix = {
+        "input_ids": torch.tensor([first + block]),
+        "mm_token_type_ids": torch.tensor([[0] * len(first) + block_types]),
+        **images,
+    }
+    next_position = len(first) + (1 if block else 0)  # the whole block takes one position
     positions = []
     model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: positions.append(kwargs["position_ids"]), with_kwargs=True
     )
-    whole = model(input_ids=torch.tensor([first + second])).logits[:, len(first) :]
+    whole = model(
+        input_ids=torch.tensor([first + block + second]),
+        mm_token_type_ids=torch.tensor([[0] * len(first) + block_types + [0] * len(second)]),
+        **images,
+    ).logits[:, -len(second) :]
     cache = cache_class(config=model.config.text_config) if cache_class is DynamicCache else cache_class()
-    model(input_ids=torch.tensor([first]), past_key_values=cache)
+    if prefill == "image" and cache_class is DynamicCache:
+        with pytest.raises(
+            ValueError, match=r"cannot be written into a DynamicCache.*Pass `past_key_values=LoomCache\(\)`"
+        ):
+            model(**prefix, past_key_values=cache)
+        assert cache.get_seq_length() == 0
+        return
+    model(**prefix, past_key_values=cache)
     continued = model(input_ids=torch.tensor([second]), past_key_values=cache).logits
     torch.testing.assert_close(continued, whole, atol=1e-5, rtol=1e-5)
-    assert positions[2].tolist() == [list(range(len(first), len(first) + len(second)))]
+    assert positions[2].tolist() == [list(range(next_position, next_position + len(second)))]
     assert all(not position.is_floating_point() for position in positions)
 
 
