@@ -151,6 +151,14 @@ def test_cli_writes_a_sharded_folder_that_round_trips(bagel_pipeline, tmp_path, 
     assert loaded.processor.image_processor.vae_image_size == list(FIXTURE_VAE_SIZE)
 
 
+def test_converted_vision_config_drops_the_release_siglip_fields(bagel_pipeline):
+    """The release's `vit_config.json` holds SigLIP's `image_size` (980); Loom's tower reads no such field, so the
+    converted config does not carry it (nor `vision_use_head`)."""
+    saved = bagel_pipeline.model.config.vision_config.to_dict()
+    assert "image_size" not in saved and "vision_use_head" not in saved
+    assert saved["max_num_patches_per_side"] * saved["patch_size"] >= FIXTURE_VIT_SIZE[0]
+
+
 def test_cli_never_leaves_a_partial_folder(release, tmp_path):
     (release / "ae.safetensors").unlink()
     destination = tmp_path / "out"

@@ -1,12 +1,17 @@
 """The network: MoT routing, KV cache semantics, attention backends, generate(), Auto classes, serialization."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from loom_hf import LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
+from loom_hf import DEFAULT_MODEL, LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
+from loom_hf.modeling import LoomTextConfig
 from loom_hf.tiny import tiny_config, tiny_tokenizer
 
 from .conftest import FIXTURE
@@ -305,6 +310,39 @@ def test_auto_classes_and_bit_exact_round_trip(tiny_pipe, tmp_path):
         assert torch.equal(
             loaded.model.language_model.rotary_emb.inv_freq, model.model.language_model.rotary_emb.inv_freq
         )
+
+
+SIGLIP_ONLY_FIELDS = ("image_size", "vision_use_head")  # SigLIP's, read by nothing in Loom's vision tower
+
+
+def test_saved_vision_config_holds_no_unused_siglip_fields(tiny_pipe, tmp_path):
+    tiny_pipe.model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["vision_config"]
+    assert not [name for name in SIGLIP_ONLY_FIELDS if name in saved]
+    assert saved["max_num_patches_per_side"] == 4 and saved["patch_size"] == 14
+
+
+def test_a_config_saved_with_the_old_siglip_fields_still_loads(tmp_path):
+    """Folders written before the unused fields went (the embedded default model's first export among them) load
+    unchanged, the old keys kept as extras."""
+    folder = Path(DEFAULT_MODEL) / "model"
+    shutil.copytree(folder, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"].update(image_size=56, vision_use_head=False)
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    old, current = (LoomForInterleavedGeneration.from_pretrained(path) for path in (tmp_path / "model", folder))
+    assert old.config.vision_config.max_num_patches_per_side == current.config.vision_config.max_num_patches_per_side
+    expected, actual = current.state_dict(), old.state_dict()
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    "build", [LoomTextConfig, lambda **text: LoomConfig(text_config=text)], ids=["text_config", "composite"]
+)
+def test_sliding_window_is_refused(build):
+    """Loom's attention never applies a window: a config asking for one is refused instead of silently ignored."""
+    with pytest.raises(ValueError, match=r"`use_sliding_window=True` is not supported.*`use_sliding_window=False`"):
+        build(use_sliding_window=True)
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
