@@ -162,8 +162,8 @@ def main() -> None:
             rows = cache_latents(
                 rows,
                 pipe.vae.to(training_args.device),
-                pipe.processor,
-                model.config.latent_patch_size,
+                processor=pipe.processor,
+                patch_size=model.config.latent_patch_size,
                 on_error=training_args.on_bad_sample,
             )
     train_dataset = LoomTrainingDataset(
