@@ -24,11 +24,12 @@ from ..modeling.history import HISTORY_MODES, history_frame_indices
 from ..modeling.latents import encode_latents, pack_latents, unpack_latents
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
+from ..number_checks import check_integer, check_number
 from ..planning import format_plan, parse_plan, plan_instruction, step_turn
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .image_output import LoomVaeImageProcessor
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
-from .requests import as_requests, check_integer, check_number, check_sequence_of_numbers, per_output_generators
+from .requests import as_requests, check_sequence_of_numbers, per_output_generators
 from .text_decoding import InterruptCriteria, ProgressStreamer, sampling_processors, text_generation_config
 
 __all__ = [

@@ -5,7 +5,7 @@ import os
 from peft import LoraConfig, PeftModel
 
 from ..modeling import LoomForInterleavedGeneration
-from ..pipelines.requests import check_integer, check_number
+from ..number_checks import check_integer, check_number
 
 __all__ = ["LORA_TARGETS", "lora_config", "merge_lora_adapter"]
 
