@@ -39,7 +39,7 @@ def setup(max_tokens: int, cached_latents: bool = False):
     )
     rows = build_dataset(64, seed=0)["train"]
     if cached_latents:
-        rows = cache_latents(rows, pipe.vae, pipe.processor, pipe.model.config.latent_patch_size)
+        rows = cache_latents(rows, pipe.vae, processor=pipe.processor, patch_size=pipe.model.config.latent_patch_size)
     packed = LoomDataCollator(pipe.processor, 0, 0, 0, packing=True)
     padded = LoomDataCollator(pipe.processor, 0, 0, 0, packing=False)
     dataset = LoomTrainingDataset(rows, packed, max_tokens=max_tokens, max_frames=8)

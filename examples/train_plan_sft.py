@@ -10,6 +10,7 @@ marker, exactly the tokens the pipeline's plan-first tutorials decode. Only the 
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 from transformers import HfArgumentParser
@@ -19,6 +20,7 @@ from loom_hf import LoomInterleavedPipeline
 from loom_hf.planning import format_plan, plan_instruction
 from loom_hf.tiny import tiny_pipeline
 from loom_hf.trainers import PLAN_TASKS
+from loom_hf.utils import check_output_folder
 
 
 @dataclass
@@ -47,6 +49,10 @@ def main() -> None:
     script_args, training_args = HfArgumentParser((ScriptArguments, SFTConfig)).parse_args_into_dataclasses()
     if bool(script_args.model_name_or_path) == script_args.tiny:
         raise ValueError("Pass exactly one of --model_name_or_path or --tiny.")
+    # The final pipeline and the checkpoints go into --output_dir: it may not be, hold or lie inside an input.
+    given = {"--model_name_or_path": script_args.model_name_or_path, "--dataset": script_args.dataset}
+    inputs = {name: path for name, path in given.items() if path and Path(path).exists()}
+    check_output_folder(training_args.output_dir, option="--output_dir", overwrite=True, inputs=inputs)
     pipe = (
         tiny_pipeline(seed=0)
         if script_args.tiny

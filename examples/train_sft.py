@@ -15,6 +15,7 @@ folder (converted on the fly; Loom's frame table starts at zero), `--tiny` a sma
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import torch
@@ -34,6 +35,7 @@ from loom_hf.trainers import (
 from loom_hf.trainers.checkpoint import check_checkpoint
 from loom_hf.trainers.latent_cache import cache_latents
 from loom_hf.trainers.lora import LORA_TARGETS, lora_config
+from loom_hf.utils import check_output_folder
 
 logger = logging.getLogger("train_sft")
 DATASET_FORMATS = ("schema", "loom_parquet")
@@ -112,9 +114,22 @@ def load_dataset(data_args: DataArguments, on_error: str) -> datasets.Dataset:
     return rows
 
 
+def check_output_dir(model_args: ModelArguments, data_args: DataArguments, output_dir: str) -> None:
+    """Refuse an `--output_dir` that is, contains or lies inside a local input: checkpoints and the final pipeline
+    would overwrite it. An existing output folder is fine (a resumed run writes into it); a Hub id is no local input."""
+    given = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--bagel_release": model_args.bagel_release,
+        "--dataset": data_args.dataset,
+    }
+    inputs = {name: path for name, path in given.items() if path and Path(path).exists()}
+    check_output_folder(output_dir, option="--output_dir", overwrite=True, inputs=inputs)
+
+
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, LoomTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    check_output_dir(model_args, data_args, training_args.output_dir)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     if training_args.resume_from_checkpoint:
         check_checkpoint(training_args.resume_from_checkpoint, fresh_optimizer=training_args.fresh_optimizer)
@@ -147,8 +162,8 @@ def main() -> None:
             rows = cache_latents(
                 rows,
                 pipe.vae.to(training_args.device),
-                pipe.processor,
-                model.config.latent_patch_size,
+                processor=pipe.processor,
+                patch_size=model.config.latent_patch_size,
                 on_error=training_args.on_bad_sample,
             )
     train_dataset = LoomTrainingDataset(

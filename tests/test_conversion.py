@@ -31,6 +31,33 @@ def load(folder):
     return LoomInterleavedPipeline.from_bagel(folder, vae_image_size=FIXTURE_VAE_SIZE, vit_image_size=FIXTURE_VIT_SIZE)
 
 
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("timestep_shift", float("nan"), "`timestep_shift` must be a finite number"),
+        ("timestep_shift", -1.0, "`timestep_shift` must be > 0.0"),
+        ("timestep_shift", 0.0, "`timestep_shift` must be > 0.0"),
+        ("max_frames", -1, "`max_frames` must be an integer >= 0"),
+        ("max_frames", 2.5, "`max_frames` must be an integer >= 0"),
+    ],
+)
+@pytest.mark.parametrize("method", ["from_bagel", "convert_bagel"])
+def test_release_numbers_are_checked_before_the_release_is_read(
+    release, tmp_path, monkeypatch, method, argument, value, message
+):
+    """A NaN or non-positive `timestep_shift` (saved into the scheduler) and a bad `max_frames` are refused by name
+    before the release is read; `convert_bagel` writes nothing."""
+
+    def read_release(*args, **kwargs):
+        raise AssertionError("the release was read before the arguments were checked")
+
+    monkeypatch.setattr("loom_hf.pipelines.pipeline_loom.load_bagel_release", read_release)
+    destination = [tmp_path / "out"] if method == "convert_bagel" else []
+    with pytest.raises((TypeError, ValueError), match=message):
+        getattr(LoomInterleavedPipeline, method)(release, *destination, **{argument: value})
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", [*REQUIRED_RELEASE_FILES, "vocab.json"])
 def test_missing_release_file_is_named(release, name):
     (release / name).unlink()
@@ -122,6 +149,14 @@ def test_cli_writes_a_sharded_folder_that_round_trips(bagel_pipeline, tmp_path, 
         assert all(torch.equal(expected[key], actual[key]) for key in expected)
     assert loaded.scheduler.config.shift == 3.0
     assert loaded.processor.image_processor.vae_image_size == list(FIXTURE_VAE_SIZE)
+
+
+def test_converted_vision_config_drops_the_release_siglip_fields(bagel_pipeline):
+    """The release's `vit_config.json` holds SigLIP's `image_size` (980); Loom's tower reads no such field, so the
+    converted config does not carry it (nor `vision_use_head`)."""
+    saved = bagel_pipeline.model.config.vision_config.to_dict()
+    assert "image_size" not in saved and "vision_use_head" not in saved
+    assert saved["max_num_patches_per_side"] * saved["patch_size"] >= FIXTURE_VIT_SIZE[0]
 
 
 def test_cli_never_leaves_a_partial_folder(release, tmp_path):

@@ -92,13 +92,13 @@ def test_pipeline_push_uploads_every_component_and_the_card(hub):
     ]
     card = loom_model_card(
         "someone/loom-pipe",
-        "ByteDance-Seed/BAGEL-7B-MoT",
-        ["loom-procedural"],
-        {"learning_rate": 1e-4, "history": "sparse"},
-        history,
+        base_model="ByteDance-Seed/BAGEL-7B-MoT",
+        datasets=["loom-procedural"],
+        training_arguments={"learning_rate": 1e-4, "history": "sparse"},
+        log_history=history,
         pipeline=True,
     )
-    push_pipeline_to_hub(pipe, "someone/loom-pipe", card)
+    push_pipeline_to_hub(pipe, "someone/loom-pipe", card=card)
     repo_id, files, _ = hub.uploaded
     assert repo_id == "someone/loom-pipe"
     for name in (

@@ -1,12 +1,17 @@
 """The network: MoT routing, KV cache semantics, attention backends, generate(), Auto classes, serialization."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from loom_hf import LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
+from loom_hf import DEFAULT_MODEL, LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
+from loom_hf.modeling import LoomTextConfig
 from loom_hf.tiny import tiny_config, tiny_tokenizer
 
 from .conftest import FIXTURE
@@ -70,24 +75,46 @@ def test_block_by_block_prefill_equals_one_forward(model_and_inputs):
     assert len(full.hidden_states) == model.config.text_config.num_hidden_layers + 1
 
 
+@pytest.mark.parametrize("prefill", ["text", "image"])
 @pytest.mark.parametrize("cache_class", [LoomCache, DynamicCache])
 @torch.no_grad()
-def test_text_continues_the_positions_of_any_cache(tiny_pipe, cache_class):
+def test_text_continues_the_positions_of_any_cache(tiny_pipe, cache_class, prefill):
     """A text turn after a filled cache, a plain `DynamicCache` included, takes the positions after the cached
     tokens (its logits are those of one forward over both turns); positions reach the decoder as integers, without a
-    cache too."""
+    cache too. After an image block (one position for the whole block) only a `LoomCache` knows where the counter
+    stands: any other cache is refused, nothing written, rather than giving the text after it wrong positions."""
     model, processor = tiny_pipe.model, tiny_pipe.processor
     first, second = processor.text_block("Draw a red house"), processor.text_block("Add the roof")
+    torch.manual_seed(0)
+    block, block_types = processor.image_block(4, TokenType.VIT) if prefill == "image" else ([], [])
+    images = {"pixel_values": torch.randn(4, 14 * 14 * 3), "image_grid_hw": torch.tensor([[2, 2]])} if block else {}
+    prefix = {
+        "input_ids": torch.tensor([first + block]),
+        "mm_token_type_ids": torch.tensor([[0] * len(first) + block_types]),
+        **images,
+    }
+    next_position = len(first) + (1 if block else 0)  # the whole block takes one position
     positions = []
     model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: positions.append(kwargs["position_ids"]), with_kwargs=True
     )
-    whole = model(input_ids=torch.tensor([first + second])).logits[:, len(first) :]
+    whole = model(
+        input_ids=torch.tensor([first + block + second]),
+        mm_token_type_ids=torch.tensor([[0] * len(first) + block_types + [0] * len(second)]),
+        **images,
+    ).logits[:, -len(second) :]
     cache = cache_class(config=model.config.text_config) if cache_class is DynamicCache else cache_class()
-    model(input_ids=torch.tensor([first]), past_key_values=cache)
+    if prefill == "image" and cache_class is DynamicCache:
+        with pytest.raises(
+            ValueError, match=r"cannot be written into a DynamicCache.*Pass `past_key_values=LoomCache\(\)`"
+        ):
+            model(**prefix, past_key_values=cache)
+        assert cache.get_seq_length() == 0
+        return
+    model(**prefix, past_key_values=cache)
     continued = model(input_ids=torch.tensor([second]), past_key_values=cache).logits
     torch.testing.assert_close(continued, whole, atol=1e-5, rtol=1e-5)
-    assert positions[2].tolist() == [list(range(len(first), len(first) + len(second)))]
+    assert positions[2].tolist() == [list(range(next_position, next_position + len(second)))]
     assert all(not position.is_floating_point() for position in positions)
 
 
@@ -283,6 +310,39 @@ def test_auto_classes_and_bit_exact_round_trip(tiny_pipe, tmp_path):
         assert torch.equal(
             loaded.model.language_model.rotary_emb.inv_freq, model.model.language_model.rotary_emb.inv_freq
         )
+
+
+SIGLIP_ONLY_FIELDS = ("image_size", "vision_use_head")  # SigLIP's, read by nothing in Loom's vision tower
+
+
+def test_saved_vision_config_holds_no_unused_siglip_fields(tiny_pipe, tmp_path):
+    tiny_pipe.model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["vision_config"]
+    assert not [name for name in SIGLIP_ONLY_FIELDS if name in saved]
+    assert saved["max_num_patches_per_side"] == 4 and saved["patch_size"] == 14
+
+
+def test_a_config_saved_with_the_old_siglip_fields_still_loads(tmp_path):
+    """Folders written before the unused fields went (the embedded default model's first export among them) load
+    unchanged, the old keys kept as extras."""
+    folder = Path(DEFAULT_MODEL) / "model"
+    shutil.copytree(folder, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"].update(image_size=56, vision_use_head=False)
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    old, current = (LoomForInterleavedGeneration.from_pretrained(path) for path in (tmp_path / "model", folder))
+    assert old.config.vision_config.max_num_patches_per_side == current.config.vision_config.max_num_patches_per_side
+    expected, actual = current.state_dict(), old.state_dict()
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    "build", [LoomTextConfig, lambda **text: LoomConfig(text_config=text)], ids=["text_config", "composite"]
+)
+def test_sliding_window_is_refused(build):
+    """Loom's attention never applies a window: a config asking for one is refused instead of silently ignored."""
+    with pytest.raises(ValueError, match=r"`use_sliding_window=True` is not supported.*`use_sliding_window=False`"):
+        build(use_sliding_window=True)
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])

@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from trl import SFTConfig, SFTTrainer
 
@@ -52,3 +53,18 @@ def test_sft_trainer_lowers_the_plan_loss(tmp_path):
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_planner_script_never_overwrites_its_input_model(tmp_path, monkeypatch):
+    """--output_dir holding the input pipeline is refused by name before loading; the input is unchanged."""
+    model = tmp_path / "run" / "pipeline"
+    tiny_pipeline(seed=0).save_pretrained(model)
+    build_dataset(8, seed=0).save_to_disk(str(tmp_path / "data"))
+    before = {path: path.read_bytes() for path in sorted(model.rglob("*")) if path.is_file()}
+    argv = ["--model_name_or_path", str(model), "--dataset", str(tmp_path / "data"), "--output_dir", str(model.parent)]
+    monkeypatch.setattr(
+        "sys.argv", ["train_plan_sft.py", *argv, "--use_cpu", "--max_steps", "1", "--report_to", "none"]
+    )
+    with pytest.raises(ValueError, match="--output_dir '.*' overlaps the input --model_name_or_path "):
+        load_script().main()
+    assert {path: path.read_bytes() for path in sorted(model.rglob("*")) if path.is_file()} == before

@@ -1,5 +1,6 @@
 """Training: instances, packing collator, token budget, joint loss, expert selection, LoRA, EMA, accelerate launch."""
 
+import inspect
 import json
 import os
 import random
@@ -33,7 +34,9 @@ from loom_hf.trainers import (
     instance_keys,
     select_trainable_parameters,
 )
-from loom_hf.trainers.collator import DrawnBatch
+from loom_hf.trainers.collator import DrawnBatch, TokenBudgetBatchSampler
+from loom_hf.trainers.hub import loom_model_card, push_pipeline_to_hub
+from loom_hf.trainers.latent_cache import cache_latents, latent_cache_fingerprint
 from loom_hf.trainers.lora import lora_config, merge_lora_adapter
 
 from .test_packing import reference_mask
@@ -248,10 +251,8 @@ def test_num_tokens_is_the_collated_length_of_every_task(pipe):
 
 def test_cached_latents_match_encoding_during_training(pipe, rows, tmp_path):
     """The `datasets.map` pre-pass stores the latents the trainer would encode, and skips the VAE."""
-    from loom_hf.trainers.latent_cache import cache_latents
-
     subset = rows.select(range(6))
-    cached = cache_latents(subset, pipe.vae, pipe.processor)
+    cached = cache_latents(subset, pipe.vae, processor=pipe.processor)
     assert {"step_images_latents", "targets_latent_grids"} <= set(cached.column_names)
     trainer = make_trainer(pipe, subset, tmp_path, max_steps=1)
     collator = trainer.data_collator
@@ -297,24 +298,23 @@ def test_latent_cache_is_named_by_content_not_by_object(pipe, rows):
     """A reloaded copy of the same autoencoder reuses the encoded cache; other weights or settings do not."""
     import copy
 
-    from loom_hf.trainers.latent_cache import latent_cache_fingerprint
+    def fingerprint(dataset, vae, patch_size=2):
+        return latent_cache_fingerprint(dataset, vae, processor=pipe.processor, patch_size=patch_size)
 
     subset = rows.select(range(2))
-    reference = latent_cache_fingerprint(subset, pipe.vae, pipe.processor, 2)
-    assert latent_cache_fingerprint(subset, copy.deepcopy(pipe.vae), pipe.processor, 2) == reference
+    reference = fingerprint(subset, pipe.vae)
+    assert fingerprint(subset, copy.deepcopy(pipe.vae)) == reference
     changed = copy.deepcopy(pipe.vae)
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
-    assert latent_cache_fingerprint(subset, changed, pipe.processor, 2) != reference
-    assert latent_cache_fingerprint(subset, pipe.vae, pipe.processor, 1) != reference
-    assert latent_cache_fingerprint(rows.select(range(3)), pipe.vae, pipe.processor, 2) != reference
+    assert fingerprint(subset, changed) != reference
+    assert fingerprint(subset, pipe.vae, patch_size=1) != reference
+    assert fingerprint(rows.select(range(3)), pipe.vae) != reference
 
 
 def test_token_budget_and_bad_rows(pipe, rows):
     collator = LoomDataCollator(pipe.processor)
     dataset = LoomTrainingDataset(rows, collator, max_tokens=1024, max_frames=8)
-    from loom_hf.trainers import TokenBudgetBatchSampler
-
     sampler = TokenBudgetBatchSampler(dataset.num_tokens, 1024, seed=0)
     batches = list(sampler)
     assert sorted(i for batch in batches for i in batch) == list(range(len(dataset)))
@@ -334,6 +334,24 @@ def test_token_budget_and_bad_rows(pipe, rows):
         LoomTrainingDataset(rows.select(range(4)), collator, max_tokens=100, max_frames=8, on_error="raise")
     with pytest.raises(ValueError, match="more than max_frames=2"):
         LoomTrainingDataset(rows.select(range(8)), collator, max_tokens=1024, max_frames=2, on_error="raise")
+
+
+@pytest.mark.parametrize(
+    "function, positional",
+    [
+        (LoomTrainingDataset.__init__, ["self", "dataset", "collator"]),
+        (TokenBudgetBatchSampler.__init__, ["self", "num_tokens", "max_tokens"]),
+        (cache_latents, ["dataset", "vae"]),
+        (latent_cache_fingerprint, ["dataset", "vae"]),
+        (loom_model_card, ["model_id"]),
+        (push_pipeline_to_hub, ["pipe", "repo_id"]),
+    ],
+    ids=lambda value: getattr(value, "__qualname__", None),
+)
+def test_trainer_helpers_take_their_settings_by_keyword(function, positional):
+    """Only the one or two arguments a call reads as its subject are positional; the settings are keyword-only."""
+    parameters = inspect.signature(function).parameters.values()
+    assert [parameter.name for parameter in parameters if parameter.kind is not parameter.KEYWORD_ONLY] == positional
 
 
 # ---------------------------------------------------------------- trainer

@@ -37,6 +37,22 @@ def test_lora_targets_adapt_exactly_the_chosen_experts(targets, experts):
     assert adapted == set().union(*(expert_projections(expert) for expert in experts))
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"alpha": float("nan")}, "`alpha` must be a finite number"),
+        ({"alpha": -8.0}, "`alpha` must be > 0.0"),
+        ({"alpha": 0}, "`alpha` must be > 0.0"),
+        ({"rank": 2.5}, "`rank` must be an integer >= 1"),
+        ({"rank": 0}, "`rank` must be an integer >= 1"),
+    ],
+)
+def test_lora_config_refuses_bad_rank_and_alpha_by_name(settings, message):
+    pipe = tiny_pipeline(seed=0, max_frames=8)
+    with pytest.raises(ValueError, match=message):
+        lora_config(pipe.model, **settings)
+
+
 def test_lora_trains_adapters_heads_and_entity_rows_only(tmp_path):
     """Two LoRA training steps on rows with entity tokens: the entity rows of the embedding move and no other row;
     base weights stay bit for bit; the latent heads (trained fully, as copies next to the frozen originals) move."""

@@ -68,7 +68,7 @@ def pipe():
 
 def test_cache_latents_skips_bad_rows_with_one_counted_warning(pipe, rows):
     with pytest.warns(UserWarning, match=r"Skipping 2 of 4 rows are invalid \(rows 1, 2\)"):
-        cached = cache_latents(rows, pipe.vae, pipe.processor, on_error="skip")
+        cached = cache_latents(rows, pipe.vae, processor=pipe.processor, on_error="skip")
     assert len(cached) == 2 and cached[0]["targets_latent_grids"] == [[2, 2]]
     # The cached rows train: every instance carries latent tokens instead of pixels.
     dataset = LoomTrainingDataset(cached, LoomDataCollator(pipe.processor), max_tokens=1024, max_frames=8)
@@ -77,7 +77,7 @@ def test_cache_latents_skips_bad_rows_with_one_counted_warning(pipe, rows):
 
 def test_cache_latents_raises_with_the_bad_row_indices(pipe, rows):
     with pytest.raises(ValueError, match=r"2 of 4 rows are invalid \(rows 1, 2\)") as raised:
-        cache_latents(rows, pipe.vae, pipe.processor, on_error="raise")
+        cache_latents(rows, pipe.vae, processor=pipe.processor, on_error="raise")
     assert "targets[0] cannot be decoded" in str(raised.value)
 
 

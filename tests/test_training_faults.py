@@ -113,6 +113,39 @@ def test_train_sft_refuses_bad_options_by_name(argv, name, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "output, option",
+    [("model", "--model_name_or_path"), ("run", "--model_name_or_path"), ("data/out", "--dataset")],
+    ids=["same-as-model", "contains-model", "inside-dataset"],
+)
+def test_train_sft_never_overwrites_its_inputs(rows, tmp_path, monkeypatch, output, option):
+    """An --output_dir that is, contains or lies inside an input is refused by name before loading; the input is
+    unchanged."""
+    model, data = tmp_path / "run" / "pipeline", tmp_path / "data"
+    tiny_pipeline(seed=0, max_frames=8).save_pretrained(model)
+    rows.save_to_disk(str(data))
+    output = {"model": model, "run": model.parent, "data/out": data / "out"}[output]
+    before = snapshot(tmp_path)
+    argv = ["--model_name_or_path", str(model), "--dataset", str(data), "--output_dir", str(output)]
+    monkeypatch.setattr("sys.argv", ["train_sft.py", *argv, "--use_cpu", "--max_steps", "1", "--report_to", "none"])
+    with pytest.raises(ValueError, match=f"--output_dir '.*' overlaps the input {option} "):
+        load_train_sft().main()
+    assert snapshot(tmp_path) == before
+
+
+def test_train_sft_resumes_into_its_existing_output_dir(rows, tmp_path, monkeypatch):
+    """The input guard leaves the usual case alone: a run resumed from a checkpoint writes into the same folder."""
+    rows.save_to_disk(str(tmp_path / "data"))
+    base = ["train_sft.py", "--tiny", "--max_frames", "8", "--dataset", str(tmp_path / "data"), "--use_cpu"]
+    base += ["--output_dir", str(tmp_path / "out"), "--save_steps", "1", "--report_to", "none"]
+    monkeypatch.setattr("sys.argv", [*base, "--max_steps", "1"])
+    load_train_sft().main()
+    resume = ["--max_steps", "2", "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-1")]
+    monkeypatch.setattr("sys.argv", [*base, *resume])
+    load_train_sft().main()
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+
+
 # ---------------------------------------------------------------- non-finite losses and weights
 
 

@@ -17,7 +17,7 @@ import torch
 
 import loom_hf
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
-from loom_hf.pipelines.requests import check_number
+from loom_hf.number_checks import check_number
 from loom_hf.utils import written_atomically
 
 BUDGET_MB = 25

@@ -38,7 +38,7 @@ def convert_bagel(args: argparse.Namespace) -> int:
 
     try:
         check_release_folder(args.src)
-        destination = check_output_folder(args.dst, option="dst", overwrite=args.overwrite, inputs=[args.src])
+        destination = check_output_folder(args.dst, option="dst", overwrite=args.overwrite, inputs={"src": args.src})
         with written_atomically(destination) as staging:
             LoomInterleavedPipeline.convert_bagel(
                 args.src,
@@ -72,7 +72,7 @@ def generate(args: argparse.Namespace) -> int:
     model = _pipeline_folder(args.model)
     output_dir = Path(args.output_dir)
     try:
-        check_output_folder(output_dir, option="--output-dir", overwrite=True, inputs=[model])
+        check_output_folder(output_dir, option="--output-dir", overwrite=True, inputs={"--model": model})
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     images = [_read_image(path, output_dir) for path in args.image]

@@ -73,7 +73,6 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, image_size: int = 64, **over
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "patch_size": 14,
-            "image_size": image_size - image_size % 14,
             "max_num_patches_per_side": image_size // 14,
         },
         "max_latent_size": image_size // 16,

@@ -6,7 +6,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,20 +74,20 @@ def check_output_folder(
     *,
     option: str,
     overwrite: bool,
-    inputs: Iterable[str | os.PathLike] = (),
+    inputs: Mapping[str, str | os.PathLike] | None = None,
 ) -> Path:
     """Refuse, before any work, an output folder that cannot be written or whose writing would destroy an input.
 
-    `option` names the argument in the messages. An existing folder needs `overwrite` (it is replaced or written
-    into); a file, an unwritable location, or a folder that is, contains or lies inside one of `inputs` is always
-    refused.
+    `option` names the argument in the messages, and `inputs` maps each input's argument name to its path. An
+    existing folder needs `overwrite` (it is replaced or written into); a file, an unwritable location, or a folder
+    that is, contains or lies inside one of `inputs` is always refused.
     """
     folder = Path(folder)
-    for source in map(Path, inputs):
-        if _overlaps(folder, source):
+    for name, source in (inputs or {}).items():
+        if _overlaps(folder, Path(source)):
             raise ValueError(
-                f"{option} {str(folder)!r} overlaps the input {str(source)!r} (the same folder, or one inside the "
-                "other): writing it would destroy the input. Choose another output folder."
+                f"{option} {str(folder)!r} overlaps the input {name} {str(source)!r} (the same folder, or one "
+                "inside the other): writing it would destroy the input. Choose another output folder."
             )
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{option} {str(folder)!r} is a file, not a folder.")

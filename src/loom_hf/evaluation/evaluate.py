@@ -338,7 +338,12 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.report is not None:
             check_output_file(args.report, option="--report")
         if args.output_dir is not None:
-            check_output_folder(args.output_dir, option="--output-dir", overwrite=True, inputs=[args.model, args.data])
+            check_output_folder(
+                args.output_dir,
+                option="--output-dir",
+                overwrite=True,
+                inputs={"--model": args.model, "--data": args.data},
+            )
         if args.judge_url is not None:
             api_key = os.environ.get(JUDGE_API_KEY_VARIABLE)
             judge = OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key=api_key)

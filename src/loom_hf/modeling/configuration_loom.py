@@ -1,7 +1,7 @@
 """Configurations of the Loom model: the MoT language model, the NaViT vision tower and the composite."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import Qwen2Config, SiglipVisionConfig
+from transformers import Qwen2Config
 from transformers.configuration_utils import PreTrainedConfig
 
 __all__ = ["LoomTextConfig", "LoomVisionConfig", "LoomConfig"]
@@ -32,20 +32,32 @@ class LoomTextConfig(Qwen2Config):
     qk_norm: bool = True
 
     def __post_init__(self, **kwargs):
+        if self.use_sliding_window:
+            raise ValueError(
+                "`use_sliding_window=True` is not supported: Loom's attention (BAGEL's) always attends over the whole "
+                "context and would ignore the window. Set `use_sliding_window=False`."
+            )
         if self.rope_parameters is None and "rope_theta" not in kwargs:
             kwargs["rope_theta"] = 1_000_000.0
         super().__post_init__(**kwargs)
 
 
 @strict
-class LoomVisionConfig(SiglipVisionConfig):
+class LoomVisionConfig(PreTrainedConfig):
     r"""
     SigLIP vision tower in BAGEL's NaViT form: packed images of any size, a linear patch embedding over flattened
     `(patch_row, patch_col, channel)` patches, learned positions on a `max_num_patches_per_side`² grid (an image
-    uses its top-left sub-grid) and a final `post_layernorm`, no pooling head. Defaults are BAGEL's
-    siglip-so400m-14-980 truncated to 26 layers.
+    uses its top-left sub-grid), transformers' `SiglipEncoder` and a final `post_layernorm`, no pooling head. Defaults
+    are BAGEL's siglip-so400m-14-980 truncated to 26 layers.
+
+    The fields are those this tower reads. SigLIP's `image_size` (the position grid is `max_num_patches_per_side`
+    instead) and `vision_use_head` (there is no head) are not among them; a saved config that still holds them loads,
+    and keeps them as unused extra keys.
 
     Args:
+        hidden_size / intermediate_size / num_hidden_layers / num_attention_heads / hidden_act / layer_norm_eps /
+            attention_dropout: the SigLIP encoder's sizes, as in `SiglipVisionConfig`.
+        num_channels (`int`, defaults to 3) / patch_size (`int`, defaults to 14): channels and side of a patch.
         max_num_patches_per_side (`int`, defaults to 70):
             Side of the learned position grid; images are limited to `max_num_patches_per_side * patch_size` pixels
             per side.
@@ -58,9 +70,11 @@ class LoomVisionConfig(SiglipVisionConfig):
     intermediate_size: int = 4304
     num_hidden_layers: int = 26
     num_attention_heads: int = 16
-    image_size: int | list[int] | tuple[int, int] = 980
-    patch_size: int | list[int] | tuple[int, int] = 14
-    vision_use_head: bool = False
+    num_channels: int = 3
+    patch_size: int = 14
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    attention_dropout: float | int = 0.0
     max_num_patches_per_side: int = 70
 
 

@@ -154,11 +154,7 @@ def _build_vision_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> Loom
             layers,
         )
     positions = shapes["vit_model.vision_model.embeddings.position_embedding.weight"][0]
-    fields.update(
-        num_hidden_layers=layers,
-        max_num_patches_per_side=_square_side(positions, "position_embedding"),
-        vision_use_head=False,
-    )
+    fields.update(num_hidden_layers=layers, max_num_patches_per_side=_square_side(positions, "position_embedding"))
     return LoomVisionConfig(**fields)
 
 

@@ -547,6 +547,20 @@ class LoomModel(LoomPreTrainedModel):
         padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
         return rope_position_ids(block_ids, next_positions(past_key_values).to(block_ids.device), padding)
 
+    @staticmethod
+    def _check_cache_keeps_positions(past_key_values: Cache | None, block_ids: torch.LongTensor | None) -> None:
+        """Refuse image blocks written into a cache other than a [`LoomCache`]: a block's tokens share one RoPE
+        position, and only a `LoomCache` records where the counter stands after it (any other cache knows only its
+        length, so the text after the block would silently take wrong positions)."""
+        if past_key_values is None or isinstance(past_key_values, LoomCache) or block_ids is None:
+            return
+        if bool((block_ids >= 0).any()):
+            raise ValueError(
+                f"An image block cannot be written into a {type(past_key_values).__name__}: it does not record BAGEL's "
+                "position counter (a whole block shares one position), so the tokens after it would take wrong "
+                "positions. Pass `past_key_values=LoomCache()`."
+            )
+
     @can_return_tuple
     def forward(
         self,
@@ -601,6 +615,7 @@ class LoomModel(LoomPreTrainedModel):
             past_key_values = LoomCache()
         if block_ids is None and input_ids is not None:
             block_ids = image_block_ids(input_ids, self.config.vision_start_token_id, self.config.vision_end_token_id)
+        self._check_cache_keeps_positions(past_key_values, block_ids)
         if position_ids is None:
             position_ids = self.rope_positions(block_ids, past_key_values, attention_mask)
 

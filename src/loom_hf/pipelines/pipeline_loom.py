@@ -24,11 +24,12 @@ from ..modeling.history import HISTORY_MODES, history_frame_indices
 from ..modeling.latents import encode_latents, pack_latents, unpack_latents
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
+from ..number_checks import check_integer, check_number
 from ..planning import format_plan, parse_plan, plan_instruction, step_turn
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .image_output import LoomVaeImageProcessor
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
-from .requests import as_requests, check_integer, check_number, check_sequence_of_numbers, per_output_generators
+from .requests import as_requests, check_sequence_of_numbers, per_output_generators
 from .text_decoding import InterruptCriteria, ProgressStreamer, sampling_processors, text_generation_config
 
 __all__ = [
@@ -228,6 +229,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             quantization_config: a transformers quantization config for the model (`TorchAoConfig(...)`), applied
                 weight by weight while the release streams in.
         """
+        check_release_numbers(timestep_shift=timestep_shift, max_frames=max_frames)
         model, vae, processor = load_bagel_release(
             release_dir, vae_image_size, vit_image_size, dtype, max_frames, entity_tokens, quantization_config
         )
@@ -253,6 +255,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
         Arguments as in `from_bagel`; `max_shard_size` is the largest safetensors shard of the model.
         """
+        check_release_numbers(timestep_shift=timestep_shift, max_frames=max_frames)
         model, vae, processor = load_bagel_release(
             release_dir, vae_image_size, vit_image_size, dtype, max_frames, entity_tokens, streamed=True
         )
@@ -1248,6 +1251,13 @@ class CallPlan:
     entity_weights: list[torch.Tensor | None]
     sizes: list[tuple[int, int]]
     generators: list[torch.Generator | None]
+
+
+def check_release_numbers(*, timestep_shift: float, max_frames: int) -> None:
+    """`from_bagel` / `convert_bagel`'s numbers, before the release is read: the shift is saved into the scheduler
+    (a NaN or negative one breaks every later call) and the frame table needs a row count."""
+    check_number("timestep_shift", timestep_shift, minimum=0.0, exclusive_minimum=True)
+    check_integer("max_frames", max_frames, minimum=0)
 
 
 def entity_mask_array(token: str, mask) -> torch.Tensor:

@@ -1,14 +1,14 @@
 """The requests of a pipeline call: one input list or a batch of them, their generators, and argument checks shared
 by the pipeline's validation."""
 
-import math
 from collections.abc import Sequence
-from numbers import Real
 
 import PIL.Image
 import torch
 
-__all__ = ["as_requests", "per_output_generators", "check_number", "check_integer", "check_sequence_of_numbers"]
+from ..number_checks import check_number
+
+__all__ = ["as_requests", "per_output_generators", "check_sequence_of_numbers"]
 
 
 def as_requests(inputs) -> tuple[list[list[str | PIL.Image.Image]], bool]:
@@ -65,38 +65,6 @@ def per_output_generators(generator, count: int) -> list[torch.Generator | None]
                 raise TypeError(f"`generator[{index}]` must be a torch.Generator; got {type(item).__name__}.")
         return list(generator)
     raise TypeError(f"`generator` must be a torch.Generator or a list of them; got {type(generator).__name__}.")
-
-
-def check_number(
-    name: str,
-    value,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive_minimum: bool = False,
-    optional: bool = False,
-) -> None:
-    """A finite real number in range (bool is not a number here); the error names the argument and the range."""
-    if value is None and optional:
-        return
-    low = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum}"
-    high = "" if maximum is None else f"<= {maximum}"
-    accepted = " and ".join(part for part in (low, high) if part) or "any value"
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"`{name}` must be a number ({accepted}); got {type(value).__name__}.")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number ({accepted}); got {value}.")
-    below = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
-    if below or (maximum is not None and value > maximum):
-        raise ValueError(f"`{name}` must be {accepted}; got {value}.")
-
-
-def check_integer(name: str, value, *, minimum: int, optional: bool = False) -> None:
-    """An `int` (not a bool) of at least `minimum`."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
 
 
 def check_sequence_of_numbers(name: str, value, length: int) -> Sequence:

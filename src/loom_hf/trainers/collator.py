@@ -300,7 +300,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     when the next instance does not fit. Every instance must fit on its own (the training dataset ensures it).
     """
 
-    def __init__(self, num_tokens: list[int], max_tokens: int, shuffle: bool = True, seed: int = 0):
+    def __init__(self, num_tokens: list[int], max_tokens: int, *, shuffle: bool = True, seed: int = 0):
         if max_tokens < 1:
             raise ValueError(f"`max_tokens` must be >= 1; got {max_tokens}.")
         too_long = [index for index, count in enumerate(num_tokens) if count > max_tokens]

@@ -39,6 +39,7 @@ class LoomTrainingDataset(torch.utils.data.Dataset):
         self,
         dataset: datasets.Dataset,
         collator: LoomDataCollator,
+        *,
         max_tokens: int,
         max_history_frames: int = 4,
         history: str = "sparse",

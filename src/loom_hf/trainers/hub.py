@@ -91,6 +91,7 @@ def _training_table(arguments: dict, extra: dict) -> str:
 
 def loom_model_card(
     model_id: str,
+    *,
     base_model: str | None,
     datasets: list[str] | None,
     training_arguments: dict,
@@ -134,7 +135,13 @@ def loom_model_card(
 
 
 def push_pipeline_to_hub(
-    pipe, repo_id: str, card: ModelCard, private: bool = True, token: str | None = None, commit_message: str = "Upload"
+    pipe,
+    repo_id: str,
+    *,
+    card: ModelCard,
+    private: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload",
 ) -> CommitInfo:
     """Upload a pipeline with its card: saved into a fresh folder (exactly what is uploaded), then pushed."""
     api = HfApi(token=token)

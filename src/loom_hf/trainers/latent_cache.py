@@ -26,7 +26,7 @@ def _encode(images, *, vae: AutoencoderKL, processor: LoomProcessor, patch_size:
 
 
 def latent_cache_fingerprint(
-    dataset: datasets.Dataset, vae: AutoencoderKL, processor: LoomProcessor, patch_size: int
+    dataset: datasets.Dataset, vae: AutoencoderKL, *, processor: LoomProcessor, patch_size: int
 ) -> str:
     """A name for the encoded dataset made of what decides its content: the rows, the autoencoder's weights, dtype and
     configuration, the image processor and the patch size. Reloading the same autoencoder from another folder (or in
@@ -46,11 +46,11 @@ def latent_cache_fingerprint(
 def cache_latents(
     dataset: datasets.Dataset,
     vae: AutoencoderKL,
+    *,
     processor: LoomProcessor,
     patch_size: int = 2,
     batch_size: int = 16,
     num_proc: int | None = None,
-    *,
     on_error: str = "skip",
 ) -> datasets.Dataset:
     """`dataset` with the clean latent tokens of every image, computed with `datasets.map` (and its disk cache).
@@ -85,6 +85,6 @@ def cache_latents(
         batch_size=batch_size,
         features=features,
         num_proc=num_proc,
-        new_fingerprint=latent_cache_fingerprint(dataset, vae, processor, patch_size),
+        new_fingerprint=latent_cache_fingerprint(dataset, vae, processor=processor, patch_size=patch_size),
         desc="Encoding latents",
     )

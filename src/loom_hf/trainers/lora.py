@@ -5,6 +5,7 @@ import os
 from peft import LoraConfig, PeftModel
 
 from ..modeling import LoomForInterleavedGeneration
+from ..number_checks import check_integer, check_number
 
 __all__ = ["LORA_TARGETS", "lora_config", "merge_lora_adapter"]
 
@@ -13,7 +14,7 @@ LORA_TARGETS = ("generation", "understanding", "both")
 
 
 def lora_config(
-    model: LoomForInterleavedGeneration, *, rank: int = 16, alpha: int = 32, targets: str = "generation"
+    model: LoomForInterleavedGeneration, *, rank: int = 16, alpha: float = 32, targets: str = "generation"
 ) -> LoraConfig:
     """A `LoraConfig` adapting the attention and MLP projections of the chosen expert(s).
 
@@ -22,8 +23,8 @@ def lora_config(
     """
     if targets not in LORA_TARGETS:
         raise ValueError(f"`targets` must be one of {LORA_TARGETS}; got {targets!r}.")
-    if rank < 1:
-        raise ValueError(f"`rank` must be >= 1; got {rank}.")
+    check_integer("rank", rank, minimum=1)
+    check_number("alpha", alpha, minimum=0.0, exclusive_minimum=True)
     experts = {"generation": ["_moe_gen"], "understanding": [""], "both": ["_moe_gen", ""]}[targets]
     patterns = "|".join(_PROJECTIONS.format(suffix=suffix) for suffix in experts)
     trainable_tokens = model.config.entity_token_ids
