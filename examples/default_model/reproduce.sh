@@ -10,9 +10,11 @@ FRAME_STEPS=${FRAME_STEPS:-2200}
 FRAME_MIX=drawing=0.6,procedure=0.08,compose=0.06,decompose=0.05,style=0.06,t2i=0.04,edit=0.04,understanding=0.03,plan=0.25
 
 # 1. Procedural data (~40 s each): 7000 training rows (3000 of them text-only plans) and 700 held-out tutorials for
-#    stage 1; 6000 rows of the frame-heavy mix (3369 tutorials, 1239 text-only plans) for stage 2.
+#    stage 1; 6000 rows of the frame-heavy mix (3369 tutorials, 1239 text-only plans) for stage 2; 3000 text-only
+#    plans for stage 3.
 loom data synth --out "$RUNS/data" --num-samples 7000 --seed 0 --overwrite
 loom data synth --out "$RUNS/data_frames" --num-samples 6000 --seed 1 --mix "$FRAME_MIX" --overwrite
+loom data synth --out "$RUNS/data_plans" --num-samples 3000 --seed 2 --mix plan=1 --overwrite
 
 # 2. The autoencoder, trained first on the same images (~14 min; 1M parameters, 24.4 dB held-out PSNR).
 python examples/default_model/train_vae.py --dataset "$RUNS/data" --output-dir "$RUNS/vae" --seed 0 --num-threads 1
@@ -37,9 +39,25 @@ OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --
     --warmup_steps 50 --weight_decay 0.01 --max_tokens_per_batch 4096 --logging_steps 25 --save_steps 300 \
     --timestep_shift 1.0 --ema_decay 0.998 --report_to none
 
-# 6. Ship it inside the package (float16) and evaluate it and the untrained model on the held-out tutorials.
-python examples/default_model/export_default_model.py --pipeline "$RUNS/stage2/pipeline"
+# 6. Stage 3, the planner only: stage 2's EMA weights, 150 steps on text-only plans at a low learning rate and no
+#    weight decay (~4 min). No latent token is in these batches, so the generation expert and the latent heads stay
+#    exactly stage 2's; only the text side moves (stage 2's tutorials had taught a held-out tree its fish's "body").
+rm -rf "$RUNS/stage2_ema" && cp -r "$RUNS/stage2/pipeline" "$RUNS/stage2_ema"
+cp "$RUNS/stage2/ema/model.safetensors" "$RUNS/stage2_ema/model/model.safetensors"
+OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+    --dynamo_backend no examples/train_sft.py \
+    --model_name_or_path "$RUNS/stage2_ema" --dataset "$RUNS/data_plans" --use_cpu --seed 0 \
+    --output_dir "$RUNS/stage3" --max_steps 150 --learning_rate 1e-4 --lr_scheduler_type cosine \
+    --warmup_steps 10 --weight_decay 0.0 --max_tokens_per_batch 4096 --logging_steps 25 --save_strategy no \
+    --report_to none
+
+# 7. Ship it inside the package (float16, with its default guidance) and evaluate it, stage 1 and the untrained
+#    model on the held-out tutorials.
+python examples/default_model/export_default_model.py --pipeline "$RUNS/stage3/pipeline" \
+    --guidance-scale 1.5 --image-guidance-scale 1.5
 EVAL=(--data "$RUNS/data" --split eval --num-samples 50 --steps 20 --seed 0)
-loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --report "$RUNS/eval/trained.json" > /dev/null
+loom eval --model "$RUNS/stage3/pipeline" "${EVAL[@]}" --guidance-scale 1.5 --image-guidance-scale 1.5 \
+    --report "$RUNS/eval/trained.json" > /dev/null
+loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --report "$RUNS/eval/stage1.json" > /dev/null
 loom eval --model "$RUNS/init" "${EVAL[@]}" --report "$RUNS/eval/untrained.json" > /dev/null
-python examples/default_model/ablation_table.py "$RUNS/eval/trained.json" "$RUNS/eval/untrained.json"
+python examples/default_model/ablation_table.py "$RUNS/eval"/{trained,stage1,untrained}.json
