@@ -56,6 +56,18 @@ def tiny_pipe():
     return pipe
 
 
+def count_model_forwards(pipe) -> list:
+    """Make `pipe.model.forward` append to the returned list at every call (to check that refusals come first)."""
+    calls, forward = [], pipe.model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    pipe.model.forward = counting_forward
+    return calls
+
+
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)

@@ -12,21 +12,15 @@ from PIL import Image
 from loom_hf import ImageSegment, LoomInterleavedPipeline, TextSegment
 from loom_hf.modeling.image_processing_loom import to_rgb
 
+from .conftest import count_model_forwards
+
 PROMPT = ["Draw a red house"]
 
 
 @pytest.fixture
 def counted(tiny_pipe):
     """The tiny pipeline with a counter of model forward passes."""
-    calls = []
-    forward = tiny_pipe.model.forward
-
-    def counting_forward(*args, **kwargs):
-        calls.append(1)
-        return forward(*args, **kwargs)
-
-    tiny_pipe.model.forward = counting_forward
-    return tiny_pipe, calls
+    return tiny_pipe, count_model_forwards(tiny_pipe)
 
 
 BAD_CALLS = [

@@ -9,6 +9,8 @@ from PIL import Image
 
 from loom_hf.tiny import tiny_pipeline
 
+from .conftest import count_model_forwards
+
 NAN, INF = float("nan"), float("inf")
 IMAGE = Image.new("RGB", (64, 64), (200, 30, 30))
 LONG_PROMPT = "red house " * 3000  # 6000 tokens; the tiny model has 4096 positions
@@ -23,15 +25,8 @@ def quiet_pipeline(dtype: torch.dtype = torch.float32):
 @pytest.fixture
 def counted():
     """The tiny pipeline with a list that grows at every model forward pass."""
-    pipe, calls = quiet_pipeline(), []
-    forward = pipe.model.forward
-
-    def counting_forward(*args, **kwargs):
-        calls.append(1)
-        return forward(*args, **kwargs)
-
-    pipe.model.forward = counting_forward
-    return pipe, calls
+    pipe = quiet_pipeline()
+    return pipe, count_model_forwards(pipe)
 
 
 def entity_mask(value: float) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Held-out quality along a training run: `loom eval`'s frame metrics for every checkpoint of an output folder.
 
     python examples/default_model/eval_checkpoints.py --pipeline runs/stage2/pipeline --run runs/stage2 \
-        --data runs/data [--tutorials 12] [--guidance-scale 1.5 --image-guidance-scale 1.5]
+        --data runs/data [--tutorials 12] [--guidance-scale 1.5 --image-guidance-scale 1.5] \
+        [--checkpoints 300 600 1200] [--weights ema]
 
 The training loss of a flow model is mostly the noise it cannot predict, so it says little about whether more steps
 would help; this says it in the metrics that matter. Each `checkpoint-N` model (its live weights, and its EMA weights
@@ -41,12 +42,19 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the dataset folder whose `eval` split is scored")
     parser.add_argument("--tutorials", type=int, default=12)
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per frame")
+    parser.add_argument("--checkpoints", type=int, nargs="+", help="only these checkpoint steps (default: all)")
+    parser.add_argument("--weights", choices=("live", "ema", "both"), default="both", help="which weights to score")
     parser.add_argument("--guidance-scale", type=float)
     parser.add_argument("--image-guidance-scale", type=float)
     args = parser.parse_args()
     checkpoints = sorted(
         (int(match[1]), path) for path in args.run.iterdir() if (match := CHECKPOINT.match(path.name)) is not None
     )
+    if args.checkpoints is not None:
+        absent = sorted(set(args.checkpoints) - {step for step, _ in checkpoints})
+        if absent:
+            raise SystemExit(f"error: {args.run} holds no checkpoint-N folder for step(s) {absent}")
+        checkpoints = [(step, path) for step, path in checkpoints if step in args.checkpoints]
     if not checkpoints:
         raise SystemExit(f"error: {args.run} holds no checkpoint-N folders")
     rows = datasets.load_from_disk(args.data)["eval"]
@@ -59,7 +67,8 @@ def main() -> None:
         if value is not None
     }
     for step, path in checkpoints:
-        for weights in ("live", "ema") if (path / EMA_FILE).is_file() else ("live",):
+        available = ("live", "ema") if (path / EMA_FILE).is_file() else ("live",)
+        for weights in (w for w in available if args.weights in (w, "both")):
             model = LoomForInterleavedGeneration.from_pretrained(path, dtype=torch.float32)
             if weights == "ema":
                 model = with_ema_weights(model, path)
