@@ -22,6 +22,7 @@ from diffusers.training_utils import EMAModel
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
 from loom_hf.evaluation.evaluate import evaluate_tutorials
 from loom_hf.trainers.ema import EMA_FILE, load_ema_state, trainable_names
+from loom_hf.utils import finite_float, positive_int
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -35,17 +36,27 @@ def with_ema_weights(model: LoomForInterleavedGeneration, checkpoint: Path) -> L
     return model
 
 
+def weights_to_score(checkpoint: Path, requested: str) -> tuple[str, ...]:
+    """The weights of `checkpoint` that `--weights` asks for: "both" means the EMA too where the run kept one."""
+    has_ema = (checkpoint / EMA_FILE).is_file()
+    if requested == "ema" and not has_ema:
+        raise SystemExit(f"error: {checkpoint} holds no {EMA_FILE} (the run kept no EMA weights); use --weights live")
+    if requested == "both":
+        return ("live", "ema") if has_ema else ("live",)
+    return (requested,)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="a pipeline folder of the run (processor, VAE, scheduler)")
     parser.add_argument("--run", required=True, type=Path, help="the training output folder with checkpoint-N folders")
     parser.add_argument("--data", required=True, help="the dataset folder whose `eval` split is scored")
-    parser.add_argument("--tutorials", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps per frame")
+    parser.add_argument("--tutorials", type=positive_int, default=12)
+    parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps per frame")
     parser.add_argument("--checkpoints", type=int, nargs="+", help="only these checkpoint steps (default: all)")
     parser.add_argument("--weights", choices=("live", "ema", "both"), default="both", help="which weights to score")
-    parser.add_argument("--guidance-scale", type=float)
-    parser.add_argument("--image-guidance-scale", type=float)
+    parser.add_argument("--guidance-scale", type=finite_float)
+    parser.add_argument("--image-guidance-scale", type=finite_float)
     args = parser.parse_args()
     checkpoints = sorted(
         (int(match[1]), path) for path in args.run.iterdir() if (match := CHECKPOINT.match(path.name)) is not None
@@ -57,6 +68,8 @@ def main() -> None:
         checkpoints = [(step, path) for step, path in checkpoints if step in args.checkpoints]
     if not checkpoints:
         raise SystemExit(f"error: {args.run} holds no checkpoint-N folders")
+    # Which weights each checkpoint is scored with, settled for all of them before any evaluation.
+    plans = {step: weights_to_score(path, args.weights) for step, path in checkpoints}
     rows = datasets.load_from_disk(args.data)["eval"]
     guidance = {
         name: value
@@ -67,8 +80,7 @@ def main() -> None:
         if value is not None
     }
     for step, path in checkpoints:
-        available = ("live", "ema") if (path / EMA_FILE).is_file() else ("live",)
-        for weights in (w for w in available if args.weights in (w, "both")):
+        for weights in plans[step]:
             model = LoomForInterleavedGeneration.from_pretrained(path, dtype=torch.float32)
             if weights == "ema":
                 model = with_ema_weights(model, path)

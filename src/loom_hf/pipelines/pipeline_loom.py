@@ -1247,7 +1247,7 @@ class CallPlan:
 
     requests: list[list[str | PIL.Image.Image]]
     batched: bool
-    plans: list[list[str] | None] | None
+    plans: list[list[str] | None]
     entity_weights: list[torch.Tensor | None]
     sizes: list[tuple[int, int]]
     generators: list[torch.Generator | None]

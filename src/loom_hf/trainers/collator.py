@@ -124,11 +124,6 @@ class LoomDataCollator:
         patch = image_processor.patch_size
         return (height // stride, width // stride), (vit_height // patch, vit_width // patch)
 
-    def image_token_counts(self, image) -> tuple[int, int]:
-        """(latent tokens, ViT patches) of an image after BAGEL's resize rules."""
-        (rows, cols), (vit_rows, vit_cols) = self.image_grids(image)
-        return rows * cols, vit_rows * vit_cols
-
     def num_tokens(self, instance: Instance) -> int:
         """Length of an instance when nothing is dropped (the most it can take in a batch): the tokens of the blocks
         that packing lays out."""
