@@ -266,6 +266,14 @@ def test_save_writes_an_openable_tutorial(framed_pipe, tmp_path):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+def test_saving_a_shorter_tutorial_over_a_longer_one_leaves_no_stale_frames(framed_pipe, tmp_path):
+    tutorial(framed_pipe, PLAN[:3]).save(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    tutorial(framed_pipe, PLAN[:2]).save(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("frame_*")) == ["frame_01.png", "frame_02.png"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only the tutorial's own frame files go
+
+
 def test_latent_outputs_cannot_be_saved_as_images(framed_pipe, tmp_path):
     output = tutorial(framed_pipe, PLAN[:1], output_type="latent")
     with pytest.raises(ValueError, match="output_type='pil'"):

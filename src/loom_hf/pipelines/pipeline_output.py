@@ -2,6 +2,7 @@
 
 import html
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from diffusers.utils import BaseOutput
 from ..utils import user_mode
 
 __all__ = ["TextSegment", "ImageSegment", "LoomPipelineOutput"]
+
+FRAME_FILE = re.compile(r"^frame_(\d+)\.png$")
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -112,7 +115,10 @@ class LoomPipelineOutput(BaseOutput):
 
     def save(self, directory: str | os.PathLike, title: str = "Tutorial") -> Path:
         """Write the images (`frame_01.png`, ...), `tutorial.md` and a self-contained `tutorial.html`; a batch writes
-        one `request_01/`, `request_02/`, ... folder per request."""
+        one `request_01/`, `request_02/`, ... folder per request.
+
+        Saving into the folder of an earlier, longer tutorial replaces it: its `frame_NN.png` files past this
+        output's frames are removed once everything else is written, so the folder holds one tutorial."""
         directory = Path(directory)
         if not self.segments:
             raise ValueError("Nothing to save: the output holds no segments.")
@@ -152,4 +158,8 @@ class LoomPipelineOutput(BaseOutput):
         _write_atomically(directory / "tutorial.md", lambda path: Path(path).write_text("\n".join(markdown)))
         document = _PAGE.format(title=html.escape(title), body="\n".join(page))
         _write_atomically(directory / "tutorial.html", lambda path: Path(path).write_text(document))
+        for path in directory.iterdir():
+            match = FRAME_FILE.match(path.name)
+            if match is not None and int(match[1]) > frame and path.is_file():
+                path.unlink()
         return directory
