@@ -10,6 +10,7 @@ from PIL import Image
 
 from loom_hf import LoomInterleavedPipeline
 from loom_hf.cli import main as loom
+from loom_hf.utils import user_mode
 
 from .test_conversion import SIZES, release  # noqa: F401 - `release` is a fixture
 from .test_training_faults import snapshot
@@ -100,6 +101,18 @@ def test_convert_creates_folders_and_files_with_the_umask(release, tmp_path):  #
     modes = {path: stat.S_IMODE(path.stat().st_mode) for path in [tmp_path / "out", *(tmp_path / "out").rglob("*")]}
     assert {mode for path, mode in modes.items() if path.is_dir()} == {0o750}
     assert {mode for path, mode in modes.items() if path.is_file()} == {0o640}
+
+
+def test_reading_the_umask_never_changes_it(tmp_path, monkeypatch):
+    """Setting the process umask, even for a moment, would give files other threads create then the wrong mode."""
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("user_mode set the process umask"))
+        assert (user_mode(tmp_path, is_folder=True), user_mode(tmp_path)) == (0o750, 0o640)
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
 
 
 # ---------------------------------------------------------------- generate

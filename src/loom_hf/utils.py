@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -110,20 +111,29 @@ def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
     return path
 
 
-def user_mode(is_folder: bool = False) -> int:
-    """The mode a plain `mkdir` / `open` gives under the user's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if is_folder else 0o666) & ~umask
+def user_mode(folder: str | Path, is_folder: bool = False) -> int:
+    """The mode a plain `mkdir` / `open` gives under the user's umask, read from a probe folder made in `folder`.
+
+    Reading the umask with `os.umask` means setting it for a moment, which is process-wide: a file another thread
+    creates in that moment would get the wrong mode. The probe lets the OS apply the umask instead.
+    """
+    probe = Path(folder) / f".umask-probe-{uuid.uuid4().hex}"
+    probe.mkdir()
+    try:
+        folder_mode = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.rmdir()
+    return folder_mode if is_folder else folder_mode & 0o666
 
 
 def _apply_umask(folder: Path) -> None:
     """Give `folder` and everything in it the modes a plain `mkdir` / `open` would (some writers, safetensors shards
     saved through a temporary file for one, create private 0600 files)."""
-    folder.chmod(user_mode(is_folder=True))
+    folder_mode, file_mode = user_mode(folder, is_folder=True), user_mode(folder)
+    folder.chmod(folder_mode)
     for path in folder.rglob("*"):
         if not path.is_symlink():
-            path.chmod(user_mode(is_folder=path.is_dir()))
+            path.chmod(folder_mode if path.is_dir() else file_mode)
 
 
 @contextmanager

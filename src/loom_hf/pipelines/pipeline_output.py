@@ -71,7 +71,7 @@ def _write_atomically(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
-        os.chmod(temporary, user_mode())
+        os.chmod(temporary, user_mode(path.parent))
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
