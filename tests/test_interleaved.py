@@ -274,6 +274,17 @@ def test_saving_a_shorter_tutorial_over_a_longer_one_leaves_no_stale_frames(fram
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only the tutorial's own frame files go
 
 
+@pytest.mark.parametrize("output_type", ["np", "pt"])
+def test_a_saved_float_output_is_the_pil_output_exactly(framed_pipe, tmp_path, output_type):
+    def saved_frames(kind):
+        output = tutorial(framed_pipe, PLAN[:2], output_type=kind, generator=torch.Generator().manual_seed(0))
+        folder = output.save(tmp_path / kind)
+        return [np.asarray(Image.open(folder / f"frame_{index:02d}.png")) for index in (1, 2)]
+
+    for floats, pil in zip(saved_frames(output_type), saved_frames("pil"), strict=True):
+        np.testing.assert_array_equal(floats, pil)
+
+
 def test_latent_outputs_cannot_be_saved_as_images(framed_pipe, tmp_path):
     output = tutorial(framed_pipe, PLAN[:1], output_type="latent")
     with pytest.raises(ValueError, match="output_type='pil'"):

@@ -13,6 +13,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..utils import user_mode
+from .image_output import LoomVaeImageProcessor
 
 __all__ = ["TextSegment", "ImageSegment", "LoomPipelineOutput"]
 
@@ -61,7 +62,8 @@ def _as_pil(image) -> PIL.Image.Image:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError("Latent outputs cannot be saved as images; call the pipeline with output_type='pil'.")
         image = image.permute(1, 2, 0).float().numpy()
-    return PIL.Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+    # The pipeline's own float-to-8-bit conversion, so that a saved "np" / "pt" output is the "pil" output exactly.
+    return LoomVaeImageProcessor.numpy_to_pil(np.clip(image, 0, 1))[0]
 
 
 def _write_atomically(path: Path, write) -> None:
