@@ -1,10 +1,11 @@
 """A small CPU training run for the kill/resume test.
 
-    python tests/resume_worker.py OUTPUT_DIR [--resume CHECKPOINT] [--pause-after N]
+    python tests/resume_worker.py OUTPUT_DIR [--resume CHECKPOINT] [--pause-after N] [--num-workers N]
 
 Condition dropout, sparse history with rotation, gradient accumulation over an uneven epoch, a warm-up schedule and
 EMA are all on, so every piece of state a resume must restore takes part. `--pause-after N` writes `paused` into the
-output folder after step N and waits there to be killed. At the end the run writes `result.json` (the per-step log)
+output folder after step N and waits there to be killed. `--num-workers` loads the batches in that many
+dataloader worker processes. At the end the run writes `result.json` (the per-step log)
 the steps this process ran, and `final.safetensors` (the trained weights and their EMA).
 """
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--pause-after", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=0)
     options = parser.parse_args()
 
     torch.manual_seed(SEED)
@@ -72,6 +74,7 @@ def main() -> None:
         report_to=[],
         use_cpu=True,
         seed=SEED,
+        dataloader_num_workers=options.num_workers,
     )
     trainer = LoomTrainer(
         model=pipe.model,

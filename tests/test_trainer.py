@@ -608,12 +608,16 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
     assert [entry for entry in state["log_history"] if "loss" in entry] == logged
 
 
-def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, num_workers):
     """A run killed with SIGKILL after step 5 and resumed from its last checkpoint (step 4) runs only steps 5-7 and
-    logs the uninterrupted run's per-step losses exactly, ending with the same weights and EMA, bit for bit."""
+    logs the uninterrupted run's per-step losses exactly, ending with the same weights and EMA, bit for bit. With
+    `num_workers` the killed and resumed runs build their batches in dataloader worker processes and still match the
+    uninterrupted run built in the main process (dropout and history draws do not depend on the worker)."""
     worker = [sys.executable, str(REPO / "tests" / "resume_worker.py")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = subprocess.run([*worker, str(tmp_path / "reference")], capture_output=True, text=True, env=environment)
+    worker += ["--num-workers", str(num_workers)]
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     run = tmp_path / "run"
