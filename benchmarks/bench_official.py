@@ -10,6 +10,8 @@ writes it as an official release folder into a temporary directory and loads tha
 `LoomInterleavedPipeline.from_bagel`. Then, at 128 px, float32, on CPU:
 
 - `t2i`: text to image, 10 Euler steps, text guidance 4.0, image guidance 1.0;
+- `t2i_unguided`: the same without guidance, one forward per step on both sides: set beside `t2i`, it splits the
+  guided call into its first branch and what the second costs (a second forward there, a second batch row here);
 - `edit`: an input image and an instruction, 10 steps, text guidance 4.0 and image guidance 2.0;
 - `understand`: an image and a question, 32 greedy new tokens.
 
@@ -498,13 +500,13 @@ def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) 
     def official_image(inputs, **kwargs):
         def call():
             torch.manual_seed(args.seed)  # the official code draws its initial noise from the global generator
-            (latent,) = inferencer.interleave_inference(inputs, **official_image_kwargs, **kwargs)
+            (latent,) = inferencer.interleave_inference(inputs, **{**official_image_kwargs, **kwargs})
             return to_diffusers_layout(latent, LATENT_GRID, LATENT_GRID)
 
         return call
 
     def our_image(inputs, **kwargs):
-        return lambda: pipe(inputs, **our_image_kwargs, **kwargs).images[0]
+        return lambda: pipe(inputs, **{**our_image_kwargs, **kwargs}).images[0]
 
     def understand(tokens):
         def official():
@@ -523,6 +525,11 @@ def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) 
             "t2i",
             official_image([PROMPT], cfg_img_scale=1.0, image_shapes=(IMAGE_SIZE, IMAGE_SIZE)),
             our_image([PROMPT], image_guidance_scale=1.0, height=IMAGE_SIZE, width=IMAGE_SIZE),
+        ),
+        Workload(  # without guidance both sides run one forward per step: what the guided t2i gains is its branch
+            "t2i_unguided",
+            official_image([PROMPT], cfg_text_scale=1.0, cfg_img_scale=1.0, image_shapes=(IMAGE_SIZE, IMAGE_SIZE)),
+            our_image([PROMPT], guidance_scale=1.0, image_guidance_scale=1.0, height=IMAGE_SIZE, width=IMAGE_SIZE),
         ),
         Workload(
             "edit",
