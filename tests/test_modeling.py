@@ -12,7 +12,6 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from loom_hf import DEFAULT_MODEL, LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from loom_hf.modeling import LoomTextConfig
-from loom_hf.modeling.modeling_loom import ExpertRoute, route_experts
 from loom_hf.tiny import tiny_config, tiny_tokenizer
 
 from .conftest import FIXTURE
@@ -167,34 +166,6 @@ def test_experts_route_by_token_type(model_and_inputs):
     layer.mlp.down_proj.weight.add_(1.0)
     changed = (model(**inputs).last_hidden_state - before.last_hidden_state).abs().amax(-1)[0]
     assert (changed[~latent_tokens] > 1e-3).all() and (changed[latent_tokens] == 0).all()
-
-
-@pytest.mark.parametrize("experts", ["linear", "identity"])
-def test_a_denoising_query_routes_through_the_generation_expert_whole_with_the_same_result(experts):
-    """With only a block's two markers beside its latent tokens (and no autograd), the generation expert takes every
-    token and the markers' rows are overwritten: the result is the split route's, bit for bit, and a generation expert
-    that returns its input (an identity q/k norm) does not get it written into."""
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 34, 8, generator=generator)
-    gen_mask = torch.ones(2, 34, dtype=torch.bool)
-    gen_mask[:, [0, -1]] = False  # the start and end markers of each row's block
-    if experts == "linear":
-        understanding, generation = torch.nn.Linear(8, 6), torch.nn.Linear(8, 6)
-    else:  # the generation side returns its input itself
-        understanding, generation = torch.nn.Linear(8, 8), torch.nn.Identity()
-    before = hidden.clone()
-    with torch.no_grad():
-        few = ExpertRoute.from_gen_mask(gen_mask)
-        split = ExpertRoute(False, few.und_index, few.gen_index)
-        assert few.few_understanding and not split.few_understanding
-        expected = route_experts(understanding, generation, hidden, split)
-        torch.testing.assert_close(route_experts(understanding, generation, hidden, few), expected, rtol=0, atol=0)
-    torch.testing.assert_close(hidden, before, rtol=0, atol=0)
-    assert not ExpertRoute.from_gen_mask(gen_mask).few_understanding  # with autograd on: the split route
-    half = gen_mask.clone()
-    half[:, :17] = False
-    with torch.no_grad():
-        assert not ExpertRoute.from_gen_mask(half).few_understanding
 
 
 def test_training_routes_like_inference_and_keeps_both_experts_in_the_graph(model_and_inputs, tiny_pipe):

@@ -60,11 +60,6 @@ ALL_ATTENTION_FUNCTIONS = AttentionInterface()
 ALL_ATTENTION_FUNCTIONS[PER_DOCUMENT_ATTENTION] = per_document_attention
 
 
-# A forward pass in which at most one token in this many is an understanding token (a denoising query: a block's
-# latent tokens and its two markers) runs the generation expert over every token; see `ExpertRoute.from_gen_mask`.
-FEW_UNDERSTANDING = 16
-
-
 @dataclass
 class ExpertRoute:
     """Which tokens each expert processes, worked out once per forward pass and shared by every routed layer.
@@ -77,7 +72,6 @@ class ExpertRoute:
     all_generation: bool
     und_index: torch.LongTensor | None = None
     gen_index: torch.LongTensor | None = None
-    few_understanding: bool = False  # see `from_gen_mask`
 
     @classmethod
     def from_gen_mask(cls, gen_mask: torch.BoolTensor, always_split: bool = False) -> "ExpertRoute":
@@ -89,11 +83,7 @@ class ExpertRoute:
             if gen_mask.all():
                 return cls(all_generation=True)
         flat = gen_mask.flatten()
-        und_index, gen_index = (~flat).nonzero().flatten(), flat.nonzero().flatten()
-        # Without autograd and with at most one understanding token in `FEW_UNDERSTANDING`, the generation expert runs
-        # over all tokens: at most that share of its work is wasted, and gathering and scattering its tokens is saved.
-        few = not always_split and not torch.is_grad_enabled() and und_index.numel() * FEW_UNDERSTANDING <= flat.numel()
-        return cls(False, und_index, gen_index, few_understanding=few)
+        return cls(False, (~flat).nonzero().flatten(), flat.nonzero().flatten())
 
 
 def route_experts(
@@ -109,14 +99,6 @@ def route_experts(
     if route.gen_index is None:
         return (generation if route.all_generation else understanding)(hidden_states)
     flat = hidden_states.flatten(0, 1)
-    if route.few_understanding:
-        # A denoising query: latent tokens and their blocks' two markers. The generation expert takes every token and
-        # the markers' rows are then overwritten, which saves gathering and scattering all the latent tokens.
-        und_out = understanding(flat.index_select(0, route.und_index))
-        out = generation(flat).to(und_out.dtype)
-        if out.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr():
-            out = out.clone()  # an identity expert returns its input, which must not be written into
-        return out.index_copy_(0, route.und_index, und_out).unflatten(0, hidden_states.shape[:2])
     und_out = understanding(flat.index_select(0, route.und_index))
     gen_out = generation(flat.index_select(0, route.gen_index)).to(und_out.dtype)
     out = und_out.new_empty(flat.shape[0], *und_out.shape[1:])
