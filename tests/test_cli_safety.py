@@ -10,7 +10,7 @@ from PIL import Image
 
 from loom_hf import LoomInterleavedPipeline
 from loom_hf.cli import main as loom
-from loom_hf.utils import user_mode
+from loom_hf.utils import user_folder_mode
 
 from .test_conversion import SIZES, release  # noqa: F401 - `release` is a fixture
 from .test_training_faults import snapshot
@@ -107,8 +107,10 @@ def test_reading_the_umask_never_changes_it(tmp_path, monkeypatch):
     """Setting the process umask, even for a moment, would give files other threads create then the wrong mode."""
     previous = os.umask(0o027)
     try:
-        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("user_mode set the process umask"))
-        assert (user_mode(tmp_path, is_folder=True), user_mode(tmp_path)) == (0o750, 0o640)
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the process umask was set"))
+        assert user_folder_mode(tmp_path) == 0o750
+        tmp_path.chmod(0o2775)  # a setgid parent passes its bit to new folders: not a permission bit to copy
+        assert user_folder_mode(tmp_path) == 0o750
     finally:
         monkeypatch.undo()
         os.umask(previous)

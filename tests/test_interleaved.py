@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loom_hf import ImageSegment, TextSegment
+from loom_hf import ImageSegment, LoomPipelineOutput, TextSegment
 from loom_hf.modeling.history import history_frame_indices, rotation_offset_limit
 from loom_hf.pipelines.guidance import GuidanceConfig
 from loom_hf.pipelines.pipeline_loom import DenoisingSettings, ImageJob
@@ -267,11 +267,17 @@ def test_save_writes_an_openable_tutorial(framed_pipe, tmp_path):
 
 
 def test_saving_a_shorter_tutorial_over_a_longer_one_leaves_no_stale_frames(framed_pipe, tmp_path):
-    tutorial(framed_pipe, PLAN[:3]).save(tmp_path)
-    (tmp_path / "notes.txt").write_text("mine")
-    tutorial(framed_pipe, PLAN[:2]).save(tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("frame_*")) == ["frame_01.png", "frame_02.png"]
-    assert (tmp_path / "notes.txt").read_text() == "mine"  # only the tutorial's own frame files go
+    tutorial(framed_pipe, PLAN[:3]).save(tmp_path / "tutorial")
+    (tmp_path / "tutorial" / "notes.txt").write_text("mine")
+    Image.new("RGB", (4, 4)).save(tmp_path / "tutorial" / "frame_0007.png")  # another tool's naming
+    tutorial(framed_pipe, PLAN[:2]).save(tmp_path / "tutorial")
+    names = sorted(p.name for p in (tmp_path / "tutorial").iterdir())
+    assert names == ["frame_0007.png", "frame_01.png", "frame_02.png", "notes.txt", "tutorial.html", "tutorial.md"]
+    # A folder that held no tutorial keeps every file it had.
+    (tmp_path / "video").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "video" / "frame_03.png")
+    tutorial(framed_pipe, PLAN[:2]).save(tmp_path / "video")
+    assert (tmp_path / "video" / "frame_03.png").is_file()
 
 
 @pytest.mark.parametrize("output_type", ["np", "pt"])
@@ -283,6 +289,12 @@ def test_a_saved_float_output_is_the_pil_output_exactly(framed_pipe, tmp_path, o
 
     for floats, pil in zip(saved_frames(output_type), saved_frames("pil"), strict=True):
         np.testing.assert_array_equal(floats, pil)
+
+
+def test_a_grey_float_image_saves_as_a_grey_frame(tmp_path):
+    LoomPipelineOutput(segments=[ImageSegment(image=np.full((4, 6), 0.5))]).save(tmp_path)
+    saved = Image.open(tmp_path / "frame_01.png")
+    assert saved.mode == "L" and saved.size == (6, 4) and set(saved.getdata()) == {127}  # 127.5, truncated
 
 
 def test_latent_outputs_cannot_be_saved_as_images(framed_pipe, tmp_path):

@@ -111,25 +111,26 @@ def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
     return path
 
 
-def user_mode(folder: str | Path, is_folder: bool = False) -> int:
-    """The mode a plain `mkdir` / `open` gives under the user's umask, read from a probe folder made in `folder`.
+def user_folder_mode(parent: str | Path) -> int:
+    """The permission bits a plain `mkdir` gives under the user's umask, read from a probe folder made in `parent`
+    (files get the same bits without the execute ones: `& 0o666`).
 
     Reading the umask with `os.umask` means setting it for a moment, which is process-wide: a file another thread
     creates in that moment would get the wrong mode. The probe lets the OS apply the umask instead.
     """
-    probe = Path(folder) / f".umask-probe-{uuid.uuid4().hex}"
+    probe = Path(parent) / f".umask-probe-{uuid.uuid4().hex}"
     probe.mkdir()
     try:
-        folder_mode = stat.S_IMODE(probe.stat().st_mode)
+        return stat.S_IMODE(probe.stat().st_mode) & 0o777
     finally:
         probe.rmdir()
-    return folder_mode if is_folder else folder_mode & 0o666
 
 
 def _apply_umask(folder: Path) -> None:
     """Give `folder` and everything in it the modes a plain `mkdir` / `open` would (some writers, safetensors shards
     saved through a temporary file for one, create private 0600 files)."""
-    folder_mode, file_mode = user_mode(folder, is_folder=True), user_mode(folder)
+    folder_mode = user_folder_mode(folder)
+    file_mode = folder_mode & 0o666
     folder.chmod(folder_mode)
     for path in folder.rglob("*"):
         if not path.is_symlink():

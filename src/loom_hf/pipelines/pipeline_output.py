@@ -3,7 +3,7 @@
 import html
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,6 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
-from ..utils import user_mode
 from .image_output import LoomVaeImageProcessor
 
 __all__ = ["TextSegment", "ImageSegment", "LoomPipelineOutput"]
@@ -62,18 +61,23 @@ def _as_pil(image) -> PIL.Image.Image:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError("Latent outputs cannot be saved as images; call the pipeline with output_type='pil'.")
         image = image.permute(1, 2, 0).float().numpy()
+    if image.ndim == 2:
+        image = image[..., None]  # grey
     # The pipeline's own float-to-8-bit conversion, so that a saved "np" / "pt" output is the "pil" output exactly.
     return LoomVaeImageProcessor.numpy_to_pil(np.clip(image, 0, 1))[0]
 
 
+def _frame_name(frame: int) -> str:
+    return f"frame_{frame:02d}.png"
+
+
 def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary sibling, so a crash never leaves a half-written file; the file gets the user's
-    umask (a temporary file starts private)."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
+    """Write through a temporary sibling, so a crash never leaves a half-written file. The sibling is created as a
+    plain `open` would create it, so the OS gives it the user's umask (`tempfile.mkstemp` would make it private)."""
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}"
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(temporary)
-        os.chmod(temporary, user_mode(path.parent))
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -119,8 +123,9 @@ class LoomPipelineOutput(BaseOutput):
         """Write the images (`frame_01.png`, ...), `tutorial.md` and a self-contained `tutorial.html`; a batch writes
         one `request_01/`, `request_02/`, ... folder per request.
 
-        Saving into the folder of an earlier, longer tutorial replaces it: its `frame_NN.png` files past this
-        output's frames are removed once everything else is written, so the folder holds one tutorial."""
+        Saving into the folder of an earlier, longer tutorial (one with a `tutorial.md`) replaces it: the earlier
+        tutorial's frames past this output's are removed once everything else is written. Nothing else in the folder
+        is touched, nor any frame in a folder that held no tutorial."""
         directory = Path(directory)
         if not self.segments:
             raise ValueError("Nothing to save: the output holds no segments.")
@@ -135,6 +140,7 @@ class LoomPipelineOutput(BaseOutput):
 
     def _save_one(self, directory: Path, title: str) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
+        held_a_tutorial = (directory / "tutorial.md").is_file()
         markdown, page = [f"# {title}", ""], []
         pending_text: list[str] = []
         frame = 0
@@ -143,7 +149,7 @@ class LoomPipelineOutput(BaseOutput):
                 pending_text.append(segment.text)
                 continue
             frame += 1
-            name = f"frame_{frame:02d}.png"
+            name = _frame_name(frame)
             image = _as_pil(segment.image)
             _write_atomically(directory / name, lambda path, image=image: image.save(path, format="PNG"))
             caption = pending_text.pop() if pending_text else ""
@@ -160,8 +166,10 @@ class LoomPipelineOutput(BaseOutput):
         _write_atomically(directory / "tutorial.md", lambda path: Path(path).write_text("\n".join(markdown)))
         document = _PAGE.format(title=html.escape(title), body="\n".join(page))
         _write_atomically(directory / "tutorial.html", lambda path: Path(path).write_text(document))
-        for path in directory.iterdir():
-            match = FRAME_FILE.match(path.name)
-            if match is not None and int(match[1]) > frame and path.is_file():
-                path.unlink()
+        if held_a_tutorial:
+            for path in list(directory.iterdir()):
+                match = FRAME_FILE.match(path.name)
+                # Only names this method writes: frame_07.png, not another tool's frame_0007.png.
+                if match and int(match[1]) > frame and path.name == _frame_name(int(match[1])) and path.is_file():
+                    path.unlink()
         return directory
