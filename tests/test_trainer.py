@@ -608,17 +608,28 @@ def test_accelerate_launch_two_processes_and_resume(rows, tmp_path):
     assert [entry for entry in state["log_history"] if "loss" in entry] == logged
 
 
+RESUME_WORKER = [sys.executable, str(REPO / "tests" / "resume_worker.py")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    """The resume worker's run from start to end, in the main process: the reference of the kill -9 tests."""
+    output = tmp_path_factory.mktemp("reference")
+    reference = subprocess.run(
+        [*RESUME_WORKER, str(output)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    return output
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, num_workers):
+def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(uninterrupted_run, tmp_path, num_workers):
     """A run killed with SIGKILL after step 5 and resumed from its last checkpoint (step 4) runs only steps 5-7 and
     logs the uninterrupted run's per-step losses exactly, ending with the same weights and EMA, bit for bit. With
     `num_workers` the killed and resumed runs build their batches in dataloader worker processes and still match the
     uninterrupted run built in the main process (dropout and history draws do not depend on the worker)."""
-    worker = [sys.executable, str(REPO / "tests" / "resume_worker.py")]
+    worker = [*RESUME_WORKER, "--num-workers", str(num_workers)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = subprocess.run([*worker, str(tmp_path / "reference")], capture_output=True, text=True, env=environment)
-    worker += ["--num-workers", str(num_workers)]
-    assert reference.returncode == 0, reference.stderr[-3000:]
 
     run = tmp_path / "run"
     killed = subprocess.Popen(
@@ -638,7 +649,7 @@ def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, n
         [*worker, str(run), "--resume", str(run / "checkpoint-4")], capture_output=True, text=True, env=environment
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected = json.loads((tmp_path / "reference" / "result.json").read_text())
+    expected = json.loads((uninterrupted_run / "result.json").read_text())
     actual = json.loads((run / "result.json").read_text())
     assert actual["executed_steps"] == [5, 6, 7] and expected["executed_steps"] == list(range(1, 8))
     fields = ("step", "loss", "ce_loss", "mse_loss", "grad_norm", "learning_rate")
@@ -650,7 +661,7 @@ def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, n
 
     final, reference_final = (
         load_file(run / "final.safetensors"),
-        load_file(tmp_path / "reference" / "final.safetensors"),
+        load_file(uninterrupted_run / "final.safetensors"),
     )
     assert final.keys() == reference_final.keys() and any(key.startswith("ema.") for key in final)
     assert all(torch.equal(final[key], reference_final[key]) for key in final)
