@@ -31,7 +31,8 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -94,6 +95,18 @@ INSTRUCTION = "Make the square green."
 QUESTION = "What is drawn here?"
 
 
+@contextmanager
+def bfloat16_on(device: str) -> Iterator[None]:
+    """Create modules directly on `device` in bfloat16: no float32 copy of 14B parameters on the host first."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_pipeline(shape: str, image_size: int, device: str) -> LoomInterleavedPipeline:
     """The random pipeline, created directly on `device` in bfloat16 (no float32 copy on the host)."""
     sizes = SHAPES[shape]
@@ -111,28 +124,23 @@ def build_pipeline(shape: str, image_size: int, device: str) -> LoomInterleavedP
         vae_image_size=(image_size, image_size // 2, 16), vit_image_size=(vit_side, vit_side // 28 * 14, 14)
     )
     processor = LoomProcessor(image_processor, tokenizer)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = LoomForInterleavedGeneration(config).eval()
-            torch.nn.init.normal_(model.llm2vae.weight, std=0.02)  # BAGEL zero-initialises it: outputs need it
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4,
-                block_out_channels=sizes["vae_channels"],
-                layers_per_block=2,
-                latent_channels=16,
-                norm_num_groups=32,
-                scaling_factor=0.3611,
-                shift_factor=0.1159,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-            ).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    with bfloat16_on(device):
+        model = LoomForInterleavedGeneration(config).eval()
+        torch.nn.init.normal_(model.llm2vae.weight, std=0.02)  # BAGEL zero-initialises it: outputs need it
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            block_out_channels=sizes["vae_channels"],
+            layers_per_block=2,
+            latent_channels=16,
+            norm_num_groups=32,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id, eos_token_id=processor.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
@@ -282,7 +290,8 @@ def bench_decode(pipe, args) -> dict:
 
     full, _ = timed_median(ours(33), device=args.device, repeats=args.repeats)
     one, _ = timed_median(ours(1), device=args.device, repeats=args.repeats)
-    stock = stock_decoder(pipe).to(args.device)
+    with bfloat16_on(args.device):
+        stock = stock_decoder(pipe)
     prompt = torch.randint(10, 200, (1, 600), generator=torch.Generator().manual_seed(0)).to(args.device)
 
     def stock_call(count):
