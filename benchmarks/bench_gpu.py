@@ -36,19 +36,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 from PIL import Image
 from transformers import GenerationConfig
 
-from loom_hf import LoomForInterleavedGeneration, LoomImageProcessor, LoomInterleavedPipeline, LoomProcessor, TokenType
-from loom_hf.modeling.latents import pack_latents, unpack_latents
-from loom_hf.pipelines.guidance import GuidanceConfig, guided_velocity
+from loom_hf import LoomForInterleavedGeneration, LoomImageProcessor, LoomInterleavedPipeline, LoomProcessor
+from loom_hf.pipelines.guidance import GuidanceConfig
 from loom_hf.pipelines.pipeline_loom import ImageJob
-from loom_hf.tiny import tiny_config, tiny_tokenizer
+from loom_hf.tiny import tiny_config, tiny_tokenizer, tiny_vae
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_official import stock_decoder  # noqa: E402 - a sibling script, not a package
+from bench_official import stock_decoder  # noqa: E402 - sibling scripts, not a package
+from bench_serving import velocity_per_branch  # noqa: E402
 
 SHAPES = {
     "bagel-7b": {
@@ -127,20 +127,7 @@ def build_pipeline(shape: str, image_size: int, device: str) -> LoomInterleavedP
     with bfloat16_on(device):
         model = LoomForInterleavedGeneration(config).eval()
         torch.nn.init.normal_(model.llm2vae.weight, std=0.02)  # BAGEL zero-initialises it: outputs need it
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            block_out_channels=sizes["vae_channels"],
-            layers_per_block=2,
-            latent_channels=16,
-            norm_num_groups=32,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        ).eval()
+        vae = tiny_vae(block_out_channels=sizes["vae_channels"], layers_per_block=2).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id, eos_token_id=processor.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
@@ -222,30 +209,13 @@ def bench_branches(pipe, args) -> dict:
     latents = torch.randn(1, 16, 2 * grid, 2 * grid, generator=torch.Generator().manual_seed(0)).to(args.device)
     sigma = torch.tensor(0.7)
     guidance = GuidanceConfig(scale=4.0, image_scale=2.0)
-    ids, types = pipe.processor.image_block(grid * grid, TokenType.LATENT)
-    tokens = pack_latents(latents).to(pipe.model.dtype)
     device = args.device
 
     def one_forward():
         return pipe.guided_velocities([job], latents, sigma, guidance)
 
     def per_branch():
-        velocities = []
-        for name in ("cond", "text_uncond", "image_uncond"):
-            cache = job.contexts.branch(name)
-            with cache.read_only():
-                velocities.append(
-                    pipe.model(
-                        input_ids=torch.tensor([ids], device=device),
-                        mm_token_type_ids=torch.tensor([types], device=device),
-                        latents=tokens,
-                        latent_grid_hw=torch.tensor([[grid, grid]], device=device),
-                        timesteps=sigma.reshape(1).to(device),
-                        past_key_values=cache,
-                        logits_to_keep=1,
-                    ).velocity.float()
-                )
-        return unpack_latents(guided_velocity(*velocities, 4.0, 2.0), grid, grid)
+        return velocity_per_branch(pipe, job, latents, sigma, guidance)
 
     with torch.no_grad():
         difference = (one_forward() - per_branch()).abs().max().item()

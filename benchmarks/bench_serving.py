@@ -87,6 +87,32 @@ def bench_batch(pipe, args) -> dict:
     }
 
 
+def velocity_per_branch(
+    pipe, job: ImageJob, latents: torch.Tensor, sigma: torch.Tensor, guidance: GuidanceConfig
+) -> torch.Tensor:
+    """The guided velocity of one editing step the way the official code computes it: one forward per branch
+    (conditional, text-free, image-free), then guidance; `pipe.guided_velocities` runs the branches as rows of one."""
+    device, grid = latents.device, (latents.shape[-2] // 2, latents.shape[-1] // 2)
+    ids, types = pipe.processor.image_block(grid[0] * grid[1], TokenType.LATENT)
+    tokens = pack_latents(latents).to(pipe.model.dtype)
+    velocities = []
+    for name in ("cond", "text_uncond", "image_uncond"):
+        cache = job.contexts.branch(name)
+        with cache.read_only():
+            velocities.append(
+                pipe.model(
+                    input_ids=torch.tensor([ids], device=device),
+                    mm_token_type_ids=torch.tensor([types], device=device),
+                    latents=tokens,
+                    latent_grid_hw=torch.tensor([grid], device=device),
+                    timesteps=sigma.reshape(1).to(device),
+                    past_key_values=cache,
+                    logits_to_keep=1,
+                ).velocity.float()
+            )
+    return unpack_latents(guided_velocity(*velocities, guidance.scale, guidance.image_scale), *grid)
+
+
 def bench_branches(pipe, args) -> dict:
     """One editing step (text 4.0 + image 2.0 guidance): three branches as rows of one forward vs three forwards."""
     image = Image.new("RGB", (128, 128), (200, 30, 30))
@@ -94,29 +120,12 @@ def bench_branches(pipe, args) -> dict:
     latents = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor(0.7)
     guidance = GuidanceConfig(scale=4.0, image_scale=2.0)
-    ids, types = pipe.processor.image_block(64, TokenType.LATENT)
-    tokens = pack_latents(latents)
 
     def one_forward():
         return pipe.guided_velocities([job], latents, sigma, guidance)
 
     def per_branch():
-        velocities = []
-        for name in ("cond", "text_uncond", "image_uncond"):
-            cache = job.contexts.branch(name)
-            with cache.read_only():
-                velocities.append(
-                    pipe.model(
-                        input_ids=torch.tensor([ids]),
-                        mm_token_type_ids=torch.tensor([types]),
-                        latents=tokens,
-                        latent_grid_hw=torch.tensor([[8, 8]]),
-                        timesteps=sigma.reshape(1),
-                        past_key_values=cache,
-                        logits_to_keep=1,
-                    ).velocity
-                )
-        return unpack_latents(guided_velocity(*velocities, 4.0, 2.0), 8, 8)
+        return velocity_per_branch(pipe, job, latents, sigma, guidance)
 
     with torch.no_grad():
         torch.testing.assert_close(one_forward(), per_branch(), atol=1e-5, rtol=0)

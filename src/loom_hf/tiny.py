@@ -3,6 +3,8 @@
 Nothing here is trained: images generated with these components are noise.
 """
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -84,15 +86,16 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, image_size: int = 64, **over
     return LoomConfig(**values)
 
 
-def tiny_vae() -> AutoencoderKL:
-    """A FLUX-layout autoencoder (16 latent channels, 8× downsampling) with 32 channels per level."""
+def tiny_vae(*, block_out_channels: Sequence[int] = (32, 32, 32, 32), layers_per_block: int = 1) -> AutoencoderKL:
+    """A FLUX-layout autoencoder (16 latent channels, 8× downsampling), by default with 32 channels per level (FLUX's
+    own: `block_out_channels=(128, 256, 512, 512), layers_per_block=2`)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[32, 32, 32, 32],
-        layers_per_block=1,
+        block_out_channels=list(block_out_channels),
+        layers_per_block=layers_per_block,
         latent_channels=16,
         norm_num_groups=32,
         scaling_factor=0.3611,
