@@ -268,16 +268,20 @@ def test_scatter_checks_token_counts(model_and_inputs):
         model(**{**inputs, "pixel_values": inputs["pixel_values"][:3], "image_grid_hw": torch.tensor([[1, 3]])})
 
 
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
 @torch.no_grad()
-def test_generate_answers_like_the_official_understanding_path(bagel_pipeline, fixture_cases):
-    """`model.generate()` on the processor's prompt gives the official greedy answer to the understanding case."""
+def test_generate_answers_like_the_official_understanding_path(bagel_pipeline, fixture_cases, cache_implementation):
+    """`model.generate()` on the processor's prompt gives the official greedy answer to the understanding case, from
+    the growing cache and from a static one."""
     from safetensors.torch import load_file
 
     case = next(c for c in fixture_cases["cases"] if c["name"] == "understand")
     reference = load_file(FIXTURE / case["tensors"])["text_ids"].tolist()
     processor, model = bagel_pipeline.processor, bagel_pipeline.model
     inputs = processor(inputs=[Image.open(FIXTURE / "img_a.png"), "What is drawn here?"])
-    output = model.generate(**inputs, max_new_tokens=len(reference) - 1, do_sample=False)
+    output = model.generate(
+        **inputs, max_new_tokens=len(reference) - 1, do_sample=False, cache_implementation=cache_implementation
+    )
     prompt_length = inputs["input_ids"].shape[1]
     # The prompt ends with the start token the official decoder is primed with.
     assert output[0, prompt_length - 1 :].tolist() == reference

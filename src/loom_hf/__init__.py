@@ -9,6 +9,7 @@ from .modeling import (
     LoomImageProcessor,
     LoomModel,
     LoomProcessor,
+    LoomStaticCache,
     LoomTextConfig,
     LoomVisionConfig,
     TokenType,
@@ -23,6 +24,7 @@ DEFAULT_MODEL = str(files(__name__) / "default_model")
 __all__ = [
     "DEFAULT_MODEL",
     "LoomCache",
+    "LoomStaticCache",
     "LoomConfig",
     "LoomTextConfig",
     "LoomVisionConfig",

@@ -8,7 +8,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from .cache_loom import LoomCache
+from .cache_loom import LoomCache, LoomStaticCache
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
 from .image_processing_loom import LoomImageProcessor
 from .modeling_loom import (
@@ -34,6 +34,7 @@ AutoProcessor.register(LoomConfig, LoomProcessor, exist_ok=True)
 
 __all__ = [
     "LoomCache",
+    "LoomStaticCache",
     "LoomConfig",
     "LoomTextConfig",
     "LoomVisionConfig",

@@ -1,14 +1,15 @@
-"""The KV cache of an interleaved context."""
+"""The KV caches of an interleaved context: a growing one for building contexts, a preallocated one for compiled
+text decoding."""
 
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import Cache
 
-__all__ = ["LoomCache", "next_positions"]
+__all__ = ["LoomCache", "LoomStaticCache", "next_positions"]
 
 
 class LoomCache(DynamicCache):
@@ -103,12 +104,47 @@ class LoomCache(DynamicCache):
         return stacked, mask
 
 
+class LoomStaticCache(StaticCache):
+    """transformers' `StaticCache` (preallocated keys and values, written in place) that also knows BAGEL's next RoPE
+    position, so that image blocks may be written into it.
+
+    A static cache is what lets `generate()` compile its decoding step (on CUDA it does so by itself, with CUDA
+    graphs): set `generation_config.cache_implementation = "static"` on the model. [`from_cache`] copies a built
+    context into one; unlike [`LoomCache`] it does not record token ids (`generate()` holds them) and cannot be read
+    without being written.
+    """
+
+    def __init__(self, config, max_cache_len: int, next_position: int | torch.Tensor = 0, **kwargs):
+        super().__init__(config=config, max_cache_len=max_cache_len, **kwargs)
+        self.next_position = torch.as_tensor(next_position, dtype=torch.long).reshape(-1).clone()
+
+    @classmethod
+    def from_cache(cls, cache: LoomCache, config, max_cache_len: int) -> "LoomStaticCache":
+        """A static cache of `max_cache_len` positions holding `cache`'s keys, values and next position."""
+        length = cache.get_seq_length()
+        if max_cache_len < length:
+            raise ValueError(f"`max_cache_len` ({max_cache_len}) is shorter than the cached context ({length}).")
+        static = cls(config, max_cache_len, next_position=cache.next_position)
+        for layer_idx, layer in enumerate(cache.layers):
+            if layer.get_seq_length():
+                static.update(layer.keys, layer.values, layer_idx)
+        return static
+
+    def advance(self, position_ids: torch.LongTensor, input_ids: torch.LongTensor | None = None) -> None:
+        """Record the positions just written (in place, so that a compiled step keeps the tensor's address)."""
+        next_position = position_ids.amax(dim=-1) + 1
+        if next_position.shape != self.next_position.shape:  # the first write sets the batch size
+            self.next_position = next_position.to(self.next_position.device)
+        else:
+            self.next_position.copy_(next_position)
+
+
 def next_positions(cache: Cache | None) -> torch.LongTensor:
     """The RoPE position the next token takes after `cache` (`[batch]` or `[1]`, integer).
 
-    A [`LoomCache`] knows it (a whole image block shares one position); any other cache knows only its length,
-    which is the next position when it holds text only. No cache: 0.
+    A [`LoomCache`] or [`LoomStaticCache`] knows it (a whole image block shares one position); any other cache knows
+    only its length, which is the next position when it holds text only. No cache: 0.
     """
-    if isinstance(cache, LoomCache):
+    if isinstance(cache, (LoomCache, LoomStaticCache)):
         return cache.next_position
     return torch.tensor([cache.get_seq_length() if cache is not None else 0])

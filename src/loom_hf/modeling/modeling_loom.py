@@ -16,6 +16,7 @@ from transformers import AttentionInterface, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import (
@@ -29,7 +30,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .cache_loom import LoomCache, next_positions
+from .cache_loom import LoomCache, LoomStaticCache, next_positions
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
 from .document_attention import PER_DOCUMENT_ATTENTION, DocumentMasks, per_document_attention
 from .packing import (
@@ -58,6 +59,9 @@ __all__ = [
 # for functions of one model); a `DocumentMasks` mask selects it.
 ALL_ATTENTION_FUNCTIONS = AttentionInterface()
 ALL_ATTENTION_FUNCTIONS[PER_DOCUMENT_ATTENTION] = per_document_attention
+
+# The caches that record BAGEL's position counter (a whole image block shares one RoPE position).
+POSITION_KEEPING_CACHES = (LoomCache, LoomStaticCache)
 
 
 @dataclass
@@ -549,10 +553,10 @@ class LoomModel(LoomPreTrainedModel):
 
     @staticmethod
     def _check_cache_keeps_positions(past_key_values: Cache | None, block_ids: torch.LongTensor | None) -> None:
-        """Refuse image blocks written into a cache other than a [`LoomCache`]: a block's tokens share one RoPE
-        position, and only a `LoomCache` records where the counter stands after it (any other cache knows only its
-        length, so the text after the block would silently take wrong positions)."""
-        if past_key_values is None or isinstance(past_key_values, LoomCache) or block_ids is None:
+        """Refuse image blocks written into a cache other than a [`LoomCache`] or [`LoomStaticCache`]: a block's tokens
+        share one RoPE position, and only these record where the counter stands after it (any other cache knows only
+        its length, so the text after the block would silently take wrong positions)."""
+        if past_key_values is None or isinstance(past_key_values, POSITION_KEEPING_CACHES) or block_ids is None:
             return
         if bool((block_ids >= 0).any()):
             raise ValueError(
@@ -625,13 +629,15 @@ class LoomModel(LoomPreTrainedModel):
             position_ids=position_ids,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            gen_mask=None if mm_token_type_ids is None else token_types == TokenType.LATENT,
+            # Only latent inputs fill latent positions: without them every token is the understanding expert's (so a
+            # decoded token neither inspects the mask nor waits for the device).
+            gen_mask=None if latents is None else token_types == TokenType.LATENT,
             block_ids=block_ids,
             noised=noised,
             document_ids=document_ids,
             **kwargs,
         )
-        if isinstance(past_key_values, LoomCache):
+        if isinstance(past_key_values, POSITION_KEEPING_CACHES):
             past_key_values.advance(position_ids, input_ids)
         return BaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
@@ -785,7 +791,11 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         )
 
     def generate(self, *args, past_key_values: Cache | None = None, **kwargs):
-        """Standard `generate()`, starting from a [`LoomCache`] so that positions follow BAGEL's counter."""
+        """Standard `generate()`, starting from a [`LoomCache`] so that positions follow BAGEL's counter.
+
+        With `cache_implementation="static"` (a call argument or the generation config) transformers prepares the
+        cache, a [`LoomStaticCache`], and compiles the decoding step where it compiles one (CUDA).
+        """
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         token_types = kwargs.get("mm_token_type_ids")
         has_vit_positions = token_types is not None and bool((token_types == TokenType.VIT).any())
@@ -796,4 +806,46 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
                 "The prompt holds image positions but no `pixel_values` were given; pass the processor's whole output "
                 "(`model.generate(**processor(images=..., text=...))`)."
             )
-        return super().generate(*args, past_key_values=past_key_values or LoomCache(), **kwargs)
+        if past_key_values is None and not self._requests_static_cache(kwargs):
+            past_key_values = LoomCache()
+        return super().generate(*args, past_key_values=past_key_values, **kwargs)
+
+    def _requests_static_cache(self, generate_kwargs: dict) -> bool:
+        """Whether `generate()` will use a static cache: a call argument, else the call's config, else the model's
+        (transformers' order of precedence)."""
+        config = generate_kwargs.get("generation_config")
+        requested = (
+            generate_kwargs.get("cache_implementation")
+            or (config.cache_implementation if config is not None else None)
+            or self.generation_config.cache_implementation
+        )
+        return requested == "static"
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
+        """transformers refuses a given cache beside a `cache_implementation`; a [`LoomStaticCache`] given where a
+        static cache is asked for (a context built into one, as the pipeline decodes) is that cache, not a conflict."""
+        given = model_kwargs.get("past_key_values")
+        if isinstance(given, LoomStaticCache) and generation_config.cache_implementation == "static":
+            generation_config.cache_implementation = None
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def _prepare_static_cache(self, cache_implementation: str, batch_size: int, max_cache_len: int, *args, **kwargs):
+        """transformers' static cache for `generate()` (sized as it sizes one), as a [`LoomStaticCache`]."""
+        cache = super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
+        if cache_implementation != "static":
+            return cache
+        return LoomStaticCache(self.config.get_text_config(decoder=True), max_cache_len=cache.get_max_length())
+
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, past_key_values, **kwargs):
+        """The mask `generate()` prepares ahead of a compiled decoding step. A one-token query (a decoded token) sees
+        every earlier position: the causal mask over the static cache. A longer query (a prompt, which may hold image
+        blocks) keeps its padding mask, and the forward pass builds BAGEL's mask from its tokens."""
+        if inputs_embeds.shape[1] != 1:
+            return attention_mask
+        return create_causal_mask(
+            config=config.get_text_config(decoder=True),
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=None,  # BAGEL positions are not the packed-document positions transformers looks for
+        )

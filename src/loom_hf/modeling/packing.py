@@ -142,7 +142,9 @@ def create_loom_attention_mask(
         return attention_mask
     cached = past_key_values.get_seq_length() if past_key_values is not None else 0
     block_sequence_ids = and_function = None
-    if block_ids is not None and bool((block_ids >= 0).any()):
+    # One query token sees every earlier key under the causal rule already: blocks only matter for longer queries
+    # (and skipping the check spares a decoded token a host synchronisation).
+    if block_ids is not None and inputs_embeds.shape[1] > 1 and bool((block_ids >= 0).any()):
         # Given as `block_sequence_ids` (not a custom function), transformers builds it without vmap.
         block_sequence_ids = _left_pad(block_ids, cached, -1)
     and_functions = []

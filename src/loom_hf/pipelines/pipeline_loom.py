@@ -1,5 +1,6 @@
 """`LoomInterleavedPipeline`: BAGEL/Loom inference with KV-cached contexts, three-way guidance and a flow sampler."""
 
+import copy
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList
 
 from ..file_checks import check_saved_folder, read_json
-from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, TokenType
+from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, LoomStaticCache, TokenType
 from ..modeling.convert_bagel import load_bagel_release
 from ..modeling.history import HISTORY_MODES, history_frame_indices
 from ..modeling.latents import encode_latents, pack_latents, unpack_latents
@@ -58,6 +59,8 @@ VLM_THINK_SYSTEM_PROMPT = (
 )
 TASKS = ("image", "text", "interleaved")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Static decoding caches (`generation_config.cache_implementation = "static"`) are sized in steps of this many tokens.
+STATIC_CACHE_BUCKET = 256
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -438,17 +441,18 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         # BAGEL positions: generate() reads the last column and advances it by one per token (only text follows).
         position_ids = torch.zeros_like(input_ids)
         position_ids[:, -1] = stacked.next_position.to(device)
-        config, processors = generation_config, None
+        config, processors, cache = copy.deepcopy(generation_config), None, stacked
         if generation_config.do_sample:
             processors = sampling_processors(generation_config, generators)
-            config = GenerationConfig.from_dict(generation_config.to_dict())
             config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        if generation_config.cache_implementation == "static":
+            cache = self.static_decoding_cache(stacked, generation_config.max_new_tokens)
         with self.progress_bar(total=generation_config.max_new_tokens) as progress_bar:
             sequences = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=stacked,
+                past_key_values=cache,
                 generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([InterruptCriteria(lambda: self.interrupt)]),
@@ -461,6 +465,14 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             generated = row[: ends[0]] if ends else row
             segments.append(TextSegment(text=self.processor.decode_generated(generated), token_ids=generated))
         return segments
+
+    def static_decoding_cache(self, context: LoomCache, max_new_tokens: int) -> LoomStaticCache:
+        """`context` in a preallocated cache with room for the start token and `max_new_tokens`, so that `generate()`
+        can compile the decoding step. Its length is rounded up to a multiple of `STATIC_CACHE_BUCKET` tokens: calls
+        of similar lengths then share one compiled graph instead of each compiling its own."""
+        needed = context.get_seq_length() + 1 + max_new_tokens
+        length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+        return LoomStaticCache.from_cache(context, self.model.config.get_text_config(decoder=True), length)
 
     # ---------------------------------------------------------------- image
 
@@ -1060,7 +1072,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 `num_images_per_prompt`): it seeds that output's noise (every frame of a tutorial) and text sampling.
             max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id:
                 text decoding through `model.generate()` (greedy by default; the model's generation config fills
-                the rest).
+                the rest: with its `cache_implementation = "static"` text decodes from a preallocated cache, which
+                `generate()` compiles with CUDA graphs on a GPU).
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"`.
             callback_on_step_end: `fn(pipeline, step, timestep, {"latents": ...})` after every Euler step (latents
                 of all images denoised together); may return replacement latents.
@@ -1219,8 +1232,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         jobs = []
         for index, request_contexts in enumerate(contexts):
             weights = call.entity_weights[index]
-            for copy in range(num_images_per_prompt):
-                output_index = index * num_images_per_prompt + copy
+            for image_index in range(num_images_per_prompt):
+                output_index = index * num_images_per_prompt + image_index
                 noise = latents[output_index : output_index + 1] if latents is not None else None
                 jobs.append(
                     ImageJob(request_contexts, call.sizes[index], call.generators[output_index], noise, None, weights)

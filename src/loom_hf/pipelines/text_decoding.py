@@ -5,6 +5,7 @@ The pipeline decodes every text (plans, thoughts, answers) with `model.generate(
 these pieces adapt a pipeline call to it.
 """
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,8 +35,9 @@ def text_generation_config(
     min_new_tokens: int | None,
     eos_token_id: int | list[int] | None,
 ) -> GenerationConfig:
-    """The model's generation config with a pipeline call's decoding options on top."""
-    config = GenerationConfig.from_dict(defaults.to_dict())
+    """The model's generation config with a pipeline call's decoding options on top (a deep copy, as `generate()`
+    makes one: attributes no dict carries, such as a compile config's, are kept)."""
+    config = copy.deepcopy(defaults)
     config.update(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
