@@ -13,7 +13,10 @@ writes it as an official release folder into a temporary directory and loads tha
 - `t2i_unguided`: the same without guidance, one forward per step on both sides: set beside `t2i`, it splits the
   guided call into its first branch and what the second costs (a second forward there, a second batch row here);
 - `edit`: an input image and an instruction, 10 steps, text guidance 4.0 and image guidance 2.0;
-- `understand`: an image and a question, 32 greedy new tokens.
+- `understand`: an image and a question, 32 greedy new tokens;
+- `understand_compiled`: the same, decoding from a static cache with a compiled decoding step
+  (`generation_config.cache_implementation = "static"`, which `generate()` compiles by itself on CUDA; here forced on
+  CPU with transformers' testing switch, in inductor's default mode: CUDA graphs need CUDA).
 
 Guidance applies at every step (interval (0, 1]), timestep shift 3.0. Parity comes first and the script stops when it
 fails: from the same initial noise the final latents of both agree within 1e-3, and the 32 generated tokens are the
@@ -77,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import CompileConfig, Qwen3Config, Qwen3ForCausalLM
 
 from loom_hf import LoomInterleavedPipeline
 
@@ -482,6 +485,28 @@ def stock_workloads(
     ]
 
 
+def compiled_decoding(pipe: LoomInterleavedPipeline, call: Callable[[], object]) -> Callable[[], object]:
+    """`call` with the model's generation config asking for a static cache and a compiled decoding step.
+
+    On CUDA `generate()` compiles by itself (with CUDA graphs); on a CPU only transformers' testing switch
+    `_compile_all_devices` makes it, and the mode is inductor's default (CUDA graphs need CUDA). The first calls,
+    parity and warmup, pay for the compilation.
+    """
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True
+
+    def run():
+        config = pipe.model.generation_config
+        saved = config.cache_implementation, config.compile_config
+        config.cache_implementation, config.compile_config = "static", compile_config
+        try:
+            return call()
+        finally:
+            config.cache_implementation, config.compile_config = saved
+
+    return run
+
+
 def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) -> list[Workload]:
     image = test_image(args.seed)
     latents = to_diffusers_layout(initial_noise(args.seed), LATENT_GRID, LATENT_GRID)
@@ -528,6 +553,10 @@ def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) 
 
     full, short = understand(args.max_new_tokens), understand(1)  # with the full run: the cost of one decoded token
     official_understanding = {full.tokens: full.official, 1: short.official}
+    compiled = {  # the same calls decoding from a static cache through a compiled step (see `compiled_decoding`)
+        name: Workload(name, workload.official, compiled_decoding(pipe, workload.ours), workload.tokens)
+        for name, workload in (("understand_compiled", full), ("understand_compiled_1", short))
+    }
     return [
         Workload(
             "t2i",
@@ -546,6 +575,7 @@ def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) 
         ),
         full,
         short,
+        *compiled.values(),
         *stock_workloads(pipe, image=image, official=official_understanding, tokens=full.tokens),
     ]
 
