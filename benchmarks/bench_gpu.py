@@ -263,12 +263,13 @@ def bench_decode(pipe, args) -> dict:
     one, _ = timed_median(ours(1), device=args.device, repeats=args.repeats)
     # A static cache: on CUDA `generate()` compiles the decoding step by itself (CUDA graphs); the warm-up call of
     # each timing pays for the compilation (both lengths fall into one 256-token cache size, so one graph serves).
-    pipe.model.generation_config.cache_implementation = "static"
+    config = pipe.model.generation_config
+    saved, config.cache_implementation = config.cache_implementation, "static"
     try:
         static_full, _ = timed_median(ours(33), device=args.device, repeats=args.repeats)
         static_one, _ = timed_median(ours(1), device=args.device, repeats=args.repeats)
     finally:
-        pipe.model.generation_config.cache_implementation = None
+        config.cache_implementation = saved
     with bfloat16_on(args.device):
         stock = stock_decoder(pipe)
     prompt = torch.randint(10, 200, (1, 600), generator=torch.Generator().manual_seed(0)).to(args.device)

@@ -136,3 +136,51 @@ def test_pipeline_decodes_from_a_static_cache_when_the_config_asks(tiny_pipe, mo
     bucket = pipeline_loom.STATIC_CACHE_BUCKET
     for context, length in lengths:  # room for the start token and 6 or 8 new tokens, rounded up to the bucket
         assert length % bucket == 0 and length >= context + 1 + 6 and length - bucket < context + 1 + 8
+
+
+@torch.no_grad()
+def test_a_call_can_opt_out_of_the_models_static_cache(tiny_pipe):
+    """With the model's config asking for a static cache, `cache_implementation=None` or `"dynamic"` in a call wins
+    (transformers' precedence) and decodes from a `LoomCache`, image prompts included."""
+    model = tiny_pipe.model
+    inputs = prompts(tiny_pipe.processor)["image"]
+    options = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    expected = model.generate(**inputs, **options).tolist()
+    model.generation_config.cache_implementation = "static"
+    for opt_out in (None, "dynamic"):
+        output = model.generate(**inputs, **options, cache_implementation=opt_out, return_dict_in_generate=True)
+        assert isinstance(output.past_key_values, LoomCache)
+        assert output.sequences.tolist() == expected
+
+
+@torch.no_grad()
+def test_latent_positions_given_as_embeddings_still_go_to_the_generation_expert(tiny_pipe):
+    """Latents embedded by the caller (`inputs_embeds`, no `latents`) route as the model's own latent path does."""
+    from loom_hf.modeling.packing import TokenType
+
+    model, processor = tiny_pipe.model, tiny_pipe.processor
+    ids, types = processor.image_block(4, TokenType.LATENT)
+    ids, types = torch.tensor([ids]), torch.tensor([types])
+    latents = torch.randn(4, model.model.vae2llm.in_features, generator=torch.Generator().manual_seed(0))
+    grid, timesteps = torch.tensor([[2, 2]]), torch.tensor([0.5])
+    expected = model(
+        input_ids=ids, mm_token_type_ids=types, latents=latents, latent_grid_hw=grid, timesteps=timesteps
+    ).last_hidden_state
+    embeds = model.get_input_embeddings()(ids).clone()
+    embeds[types == TokenType.LATENT] = model.model.get_latent_embeddings(latents, grid, timesteps)
+    given = model(
+        inputs_embeds=embeds,
+        mm_token_type_ids=types,
+        position_ids=torch.zeros_like(ids),
+        block_ids=torch.zeros_like(ids),
+    ).last_hidden_state
+    torch.testing.assert_close(given, expected, rtol=0, atol=0)
+
+
+def test_flash_attention_decides_a_decoded_tokens_causality_without_the_device():
+    """Under flash attention a one-token query is causal (it sees every earlier key): decided from its shape."""
+    from loom_hf.modeling.modeling_loom import LoomTextModel
+
+    with HostReads() as reads:
+        assert LoomTextModel._flash_is_causal(torch.zeros(2, 1, dtype=torch.long), None, None)
+    assert reads.count == 0

@@ -416,8 +416,8 @@ class LoomTextModel(LoomPreTrainedModel, CacheMixin):
                 "flash attention cannot express packed training masks; use attn_implementation='sdpa' or "
                 "'flex_attention' for training."
             )
-        if block_ids is None or not bool((block_ids >= 0).any()):
-            return True
+        if block_ids is None or block_ids.shape[-1] == 1 or not bool((block_ids >= 0).any()):
+            return True  # text, or one query token (which sees every earlier key under the causal rule)
         if bool((block_ids == block_ids[:, :1]).all()) and bool((block_ids >= 0).all()):
             return False
         raise ValueError(
@@ -587,7 +587,8 @@ class LoomModel(LoomPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
-        mm_token_type_ids (`[batch, length]`): [`TokenType`] of each position (0 text, 1 ViT patch, 2 latent patch).
+        mm_token_type_ids (`[batch, length]`): [`TokenType`] of each position (0 text, 1 ViT patch, 2 latent patch);
+            latent positions are read with `latents` (or `inputs_embeds` that hold them), text otherwise.
         pixel_values (`[num_patches, 3·patch²]`), image_grid_hw (`[num_images, 2]`): ViT patches and patch grids.
         latents (`[num_latent_tokens, latent_token_dim]`), latent_grid_hw (`[num_latent_images, 2]`): packed latent
             patches ([`pack_latents`]) and their grids; timesteps: σ per latent image (0 = clean).
@@ -599,6 +600,9 @@ class LoomModel(LoomPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         # 1. Embed: token embeddings, with ViT and latent tokens merged in at their positions and frame embeddings
         token_types = mm_token_type_ids
+        # Latent positions hold latents only when `latents` (or the caller's own embeddings) are given: otherwise every
+        # token is the understanding expert's, so a decoded token neither inspects the types nor waits for the device.
+        routes_latents = mm_token_type_ids is not None and (latents is not None or inputs_embeds is not None)
         if inputs_embeds is None:
             inputs_embeds = self.language_model.embed_tokens(input_ids)
         if token_types is None:
@@ -629,9 +633,7 @@ class LoomModel(LoomPreTrainedModel):
             position_ids=position_ids,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            # Only latent inputs fill latent positions: without them every token is the understanding expert's (so a
-            # decoded token neither inspects the mask nor waits for the device).
-            gen_mask=None if latents is None else token_types == TokenType.LATENT,
+            gen_mask=token_types == TokenType.LATENT if routes_latents else None,
             block_ids=block_ids,
             noised=noised,
             document_ids=document_ids,
@@ -814,18 +816,22 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         """Whether `generate()` will use a static cache: a call argument, else the call's config, else the model's
         (transformers' order of precedence)."""
         config = generate_kwargs.get("generation_config")
-        requested = (
-            generate_kwargs.get("cache_implementation")
-            or (config.cache_implementation if config is not None else None)
-            or self.generation_config.cache_implementation
-        )
+        if "cache_implementation" in generate_kwargs:  # even `None`: the call's word is final
+            requested = generate_kwargs["cache_implementation"]
+        elif config is not None and config.cache_implementation is not None:
+            requested = config.cache_implementation
+        else:
+            requested = self.generation_config.cache_implementation
         return requested == "static"
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
         """transformers refuses a given cache beside a `cache_implementation`; a [`LoomStaticCache`] given where a
-        static cache is asked for (a context built into one, as the pipeline decodes) is that cache, not a conflict."""
-        given = model_kwargs.get("past_key_values")
-        if isinstance(given, LoomStaticCache) and generation_config.cache_implementation == "static":
+        static cache is asked for (a context built into one, as the pipeline decodes), or a [`LoomCache`] where a
+        dynamic one is, is that cache, not a conflict."""
+        given, requested = model_kwargs.get("past_key_values"), generation_config.cache_implementation
+        if (isinstance(given, LoomStaticCache) and requested == "static") or (
+            isinstance(given, LoomCache) and requested == "dynamic"
+        ):
             generation_config.cache_implementation = None
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
@@ -834,7 +840,17 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         cache = super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
         if cache_implementation != "static":
             return cache
-        return LoomStaticCache(self.config.get_text_config(decoder=True), max_cache_len=cache.get_max_length())
+        loom_cache = LoomStaticCache(self.config.get_text_config(decoder=True), max_cache_len=cache.get_max_length())
+        first = cache.layers[0]
+        if first.is_initialized:  # transformers allocated it ahead (a chunked prefill): so is ours
+            loom_cache.early_initialization(
+                batch_size=first.batch_size,
+                num_heads=[layer.num_heads for layer in cache.layers],
+                head_dim=[layer.k_head_dim for layer in cache.layers],
+                dtype=first.dtype,
+                device=first.device,
+            )
+        return loom_cache
 
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask, past_key_values, **kwargs):
         """The mask `generate()` prepares ahead of a compiled decoding step. A one-token query (a decoded token) sees
