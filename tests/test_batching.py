@@ -375,6 +375,31 @@ def test_batch_saves_one_folder_per_request_with_the_users_umask(framed_pipe, tm
     assert not (tmp_path / "latent").exists()
 
 
+def test_a_smaller_batch_saved_over_a_larger_one_removes_the_stale_request_folders(framed_pipe, tmp_path):
+    def tutorials(count):
+        requests = [[f"Draw a house number {index}"] for index in range(count)]
+        options = {"plan": ["Walls"], "num_inference_steps": 1, "height": 32, "width": 32}
+        return framed_pipe(requests, task="interleaved", **options)
+
+    out = tmp_path / "out"
+    tutorials(4).save(out)
+    (out / "request_04" / "notes.txt").write_text("mine")
+    (out / "request_05").mkdir()  # a folder with no tutorial in it, and a name the saver never writes
+    (out / "request_05" / "frame_01.png").write_bytes(b"not ours")
+    (out / "request_7").mkdir()
+    tutorials(2).save(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "request_01",
+        "request_02",
+        "request_04",
+        "request_05",
+        "request_7",
+    ]
+    assert [p.name for p in (out / "request_04").iterdir()] == ["notes.txt"]
+    assert (out / "request_05" / "frame_01.png").read_bytes() == b"not ours"
+    assert sorted(p.name for p in (out / "request_02").iterdir()) == ["frame_01.png", "tutorial.html", "tutorial.md"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "prefills"),
     [

@@ -17,6 +17,7 @@ from .image_output import LoomVaeImageProcessor
 __all__ = ["TextSegment", "ImageSegment", "LoomPipelineOutput"]
 
 FRAME_FILE = re.compile(r"^frame_(\d+)\.png$")
+REQUEST_FOLDER = re.compile(r"^request_(\d+)$")
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -69,6 +70,24 @@ def _as_pil(image) -> PIL.Image.Image:
 
 def _frame_name(frame: int) -> str:
     return f"frame_{frame:02d}.png"
+
+
+def _request_name(request: int) -> str:
+    return f"request_{request:02d}"
+
+
+def _remove_saved_tutorial(folder: Path) -> None:
+    """Remove what `save` writes (frames under its own names, `tutorial.md`, `tutorial.html`) from a folder that
+    holds a saved tutorial, and the folder itself if nothing else is left in it."""
+    if not folder.is_dir() or not (folder / "tutorial.md").is_file():
+        return
+    for path in list(folder.iterdir()):
+        match = FRAME_FILE.match(path.name)
+        saved_frame = match is not None and path.name == _frame_name(int(match[1]))
+        if (saved_frame or path.name in ("tutorial.md", "tutorial.html")) and path.is_file():
+            path.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -125,7 +144,8 @@ class LoomPipelineOutput(BaseOutput):
 
         Saving into the folder of an earlier, longer tutorial (one with a `tutorial.md`) replaces it: the earlier
         tutorial's frames past this output's are removed once everything else is written. Nothing else in the folder
-        is touched, nor any frame in a folder that held no tutorial."""
+        is touched, nor any frame in a folder that held no tutorial. Likewise a batch saved over an earlier, larger
+        batch removes the request folders past its own (their tutorial files; a folder goes once it is empty)."""
         directory = Path(directory)
         if not self.segments:
             raise ValueError("Nothing to save: the output holds no segments.")
@@ -134,7 +154,11 @@ class LoomPipelineOutput(BaseOutput):
                 _as_pil(segment.image)  # refuse latent outputs before anything is written
         if self._batch is not None:
             for index, request in enumerate(self.requests, start=1):
-                request.save(directory / f"request_{index:02d}", title=title)
+                request.save(directory / _request_name(index), title=title)
+            for path in list(directory.iterdir()):
+                match = REQUEST_FOLDER.match(path.name)
+                if match and int(match[1]) > len(self.requests) and path.name == _request_name(int(match[1])):
+                    _remove_saved_tutorial(path)
             return directory
         return self._save_one(directory, title)
 
