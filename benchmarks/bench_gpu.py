@@ -48,7 +48,7 @@ from loom_hf.pipelines.pipeline_loom import ImageJob
 from loom_hf.tiny import tiny_config, tiny_tokenizer, tiny_vae
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_official import stock_decoder  # noqa: E402 - sibling scripts, not a package
+from bench_official import stock_decoder, with_generation_config  # noqa: E402 - sibling scripts, not a package
 from bench_serving import velocity_per_branch  # noqa: E402
 
 SHAPES = {
@@ -263,13 +263,12 @@ def bench_decode(pipe, args) -> dict:
     one, _ = timed_median(ours(1), device=args.device, repeats=args.repeats)
     # A static cache: on CUDA `generate()` compiles the decoding step by itself (CUDA graphs); the warm-up call of
     # each timing pays for the compilation (both lengths fall into one 256-token cache size, so one graph serves).
-    config = pipe.model.generation_config
-    saved, config.cache_implementation = config.cache_implementation, "static"
-    try:
-        static_full, _ = timed_median(ours(33), device=args.device, repeats=args.repeats)
-        static_one, _ = timed_median(ours(1), device=args.device, repeats=args.repeats)
-    finally:
-        config.cache_implementation = saved
+    static_full, _ = timed_median(
+        with_generation_config(pipe, ours(33), cache_implementation="static"), device=args.device, repeats=args.repeats
+    )
+    static_one, _ = timed_median(
+        with_generation_config(pipe, ours(1), cache_implementation="static"), device=args.device, repeats=args.repeats
+    )
     with bfloat16_on(args.device):
         stock = stock_decoder(pipe)
     prompt = torch.randint(10, 200, (1, 600), generator=torch.Generator().manual_seed(0)).to(args.device)

@@ -485,6 +485,23 @@ def stock_workloads(
     ]
 
 
+def with_generation_config(pipe: LoomInterleavedPipeline, call: Callable[[], object], **values) -> Callable[[], object]:
+    """`call` with these attributes of the model's generation config set for its duration (then restored)."""
+
+    def run():
+        config = pipe.model.generation_config
+        saved = {name: getattr(config, name) for name in values}
+        for name, value in values.items():
+            setattr(config, name, value)
+        try:
+            return call()
+        finally:
+            for name, value in saved.items():
+                setattr(config, name, value)
+
+    return run
+
+
 def compiled_decoding(pipe: LoomInterleavedPipeline, call: Callable[[], object]) -> Callable[[], object]:
     """`call` with the model's generation config asking for a static cache and a compiled decoding step.
 
@@ -494,17 +511,7 @@ def compiled_decoding(pipe: LoomInterleavedPipeline, call: Callable[[], object])
     """
     compile_config = CompileConfig(fullgraph=True, mode="default")
     compile_config._compile_all_devices = True
-
-    def run():
-        config = pipe.model.generation_config
-        saved = config.cache_implementation, config.compile_config
-        config.cache_implementation, config.compile_config = "static", compile_config
-        try:
-            return call()
-        finally:
-            config.cache_implementation, config.compile_config = saved
-
-    return run
+    return with_generation_config(pipe, call, cache_implementation="static", compile_config=compile_config)
 
 
 def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) -> list[Workload]:

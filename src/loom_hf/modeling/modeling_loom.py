@@ -840,17 +840,7 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         cache = super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
         if cache_implementation != "static":
             return cache
-        loom_cache = LoomStaticCache(self.config.get_text_config(decoder=True), max_cache_len=cache.get_max_length())
-        first = cache.layers[0]
-        if first.is_initialized:  # transformers allocated it ahead (a chunked prefill): so is ours
-            loom_cache.early_initialization(
-                batch_size=first.batch_size,
-                num_heads=[layer.num_heads for layer in cache.layers],
-                head_dim=[layer.k_head_dim for layer in cache.layers],
-                dtype=first.dtype,
-                device=first.device,
-            )
-        return loom_cache
+        return LoomStaticCache(self.config.get_text_config(decoder=True), max_cache_len=cache.get_max_length())
 
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask, past_key_values, **kwargs):
         """The mask `generate()` prepares ahead of a compiled decoding step. A one-token query (a decoded token) sees

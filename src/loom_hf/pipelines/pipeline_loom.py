@@ -441,9 +441,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         # BAGEL positions: generate() reads the last column and advances it by one per token (only text follows).
         position_ids = torch.zeros_like(input_ids)
         position_ids[:, -1] = stacked.next_position.to(device)
-        config, processors, cache = copy.deepcopy(generation_config), None, stacked
+        config, processors, cache = generation_config, None, stacked
         if generation_config.do_sample:
             processors = sampling_processors(generation_config, generators)
+            config = copy.deepcopy(generation_config)
             config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         if generation_config.cache_implementation == "static":
             cache = self.static_decoding_cache(stacked, generation_config.max_new_tokens)
