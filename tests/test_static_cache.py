@@ -1,9 +1,13 @@
 """Text decoding from a static cache: the same tokens as from the growing cache, one compiled graph per decoded
-token, no host synchronisation in a decoding step, and the pipeline's decoding through it."""
+token that writes only static inputs (as CUDA graphs need), no host synchronisation in a decoding step, and the
+pipeline's decoding through it."""
 
 import pytest
 import torch
+from functorch.compile import make_boxed_func
 from PIL import Image
+from torch._dynamo.backends.common import aot_autograd
+from torch._guards import TracingContext
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import CompileConfig, StaticCache
 
@@ -52,6 +56,50 @@ def test_compiled_decoding_step_is_one_graph_and_exact(tiny_pipe):
             assert compiled.tolist() == expected.tolist()
     finally:
         torch._dynamo.reset()
+
+
+def recording_written_inputs() -> tuple[object, list[list[int]]]:
+    """A `torch.compile` backend, and the list it fills: for each compiled graph, the inputs the graph writes in place
+    that are not static inputs (fixed addresses). CUDA graphs skip any graph that writes one (inductor's "mutated
+    inputs"). A closure, not an object's state: `CompileConfig` deep-copies its backend."""
+    graphs: list[list[int]] = []
+
+    def inspect(graph_module, example_inputs):
+        metadata = TracingContext.get().fw_metadata
+        static = set(metadata.static_input_indices)
+        written = [index for index, info in enumerate(metadata.input_info) if info.mutates_data]
+        graphs.append([index for index in written if index not in static])
+        return make_boxed_func(graph_module.forward)
+
+    return aot_autograd(fw_compiler=inspect), graphs
+
+
+@pytest.mark.parametrize("caller", ["generate", "pipeline"])
+@torch.no_grad()
+def test_the_compiled_decoding_step_writes_only_static_inputs(tiny_pipe, caller):
+    """The step writes the cache's keys, values and position counter in place; all must be marked static (as
+    transformers marks its own cache tensors), or CUDA graphs (`generate()`'s default on CUDA) skip the step."""
+    backend, graphs = recording_written_inputs()
+    compile_config = CompileConfig(fullgraph=True, backend=backend, mode=None)
+    compile_config._compile_all_devices = True
+    torch._dynamo.reset()
+    try:
+        if caller == "generate":
+            tiny_pipe.model.generate(
+                **prompts(tiny_pipe.processor)["image"],
+                max_new_tokens=3,
+                min_new_tokens=3,
+                do_sample=False,
+                cache_implementation="static",
+                compile_config=compile_config,
+            )
+        else:
+            config = tiny_pipe.model.generation_config
+            config.cache_implementation, config.compile_config = "static", compile_config
+            tiny_pipe([RED, "What is drawn here?"], task="text", max_new_tokens=3, min_new_tokens=3)
+    finally:
+        torch._dynamo.reset()
+    assert graphs == [[]]  # one graph, writing static inputs only
 
 
 class HostReads(TorchDispatchMode):

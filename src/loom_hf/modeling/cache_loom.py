@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import Cache
+from transformers.utils import is_torchdynamo_compiling
 
 __all__ = ["LoomCache", "LoomStaticCache", "next_positions"]
 
@@ -116,7 +117,7 @@ class LoomStaticCache(StaticCache):
 
     def __init__(self, config, max_cache_len: int, next_position: int | torch.Tensor = 0, **kwargs):
         super().__init__(config=config, max_cache_len=max_cache_len, **kwargs)
-        self.next_position = torch.as_tensor(next_position, dtype=torch.long).reshape(-1).clone()
+        self._set_next_position(torch.as_tensor(next_position, dtype=torch.long).reshape(-1).clone())
 
     @classmethod
     def from_cache(cls, cache: LoomCache, config, max_cache_len: int) -> "LoomStaticCache":
@@ -134,9 +135,16 @@ class LoomStaticCache(StaticCache):
         """Record the positions just written (in place, so that a compiled step keeps the tensor's address)."""
         next_position = position_ids.amax(dim=-1) + 1
         if next_position.shape != self.next_position.shape:  # the first write sets the batch size
-            self.next_position = next_position.to(self.next_position.device)
+            self._set_next_position(next_position.to(self.next_position.device))
         else:
             self.next_position.copy_(next_position)
+
+    def _set_next_position(self, next_position: torch.LongTensor) -> None:
+        """Hold a new counter tensor, marked (as transformers marks its cache tensors) as an input whose address stays
+        fixed: a compiled step writes it in place, and CUDA graphs skip a step that writes any other input."""
+        self.next_position = next_position
+        if not is_torchdynamo_compiling():
+            torch._dynamo.mark_static_address(self.next_position)
 
 
 def next_positions(cache: Cache | None) -> torch.LongTensor:
