@@ -2,7 +2,7 @@
 # The Table 4 ablations of the README at one equal, smaller training budget (ABLATION_STEPS optimizer steps each):
 # full Loom, without the temporal frame embedding, without history frames, without step text, each with every
 # training seed of ABLATION_SEEDS.
-# Needs the data and autoencoder of reproduce.sh (steps 1-2). Outputs go to $RUNS/ablations.
+# Needs the data and autoencoder of reproduce.sh (steps 1-2). Outputs go to $ABLATION_OUT (default $RUNS/ablations).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs}
@@ -11,7 +11,7 @@ SAMPLES=${ABLATION_EVAL_SAMPLES:-12}
 SEEDS=${ABLATION_SEEDS:-0 1}  # training seeds; every run is evaluated on the same tutorials with the same noise
 JOBS=${ABLATION_JOBS:-2}
 export OMP_NUM_THREADS=1  # two single-threaded runs at a time use 2 cores better than one run on both
-OUT="$RUNS/ablations"
+OUT=${ABLATION_OUT:-$RUNS/ablations}
 mkdir -p "$OUT"
 
 # The same model without its temporal table (max_frames = 0), built with the same seed and tokenizer.
