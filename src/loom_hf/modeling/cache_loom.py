@@ -10,7 +10,7 @@ from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import Cache
 from transformers.utils import is_torchdynamo_compiling
 
-__all__ = ["LoomCache", "LoomStaticCache", "next_positions"]
+__all__ = ["LoomCache", "LoomStaticCache", "POSITION_KEEPING_CACHES", "next_positions"]
 
 
 class LoomCache(DynamicCache):
@@ -147,12 +147,16 @@ class LoomStaticCache(StaticCache):
             torch._dynamo.mark_static_address(self.next_position)
 
 
+# The caches that record BAGEL's position counter (a whole image block shares one RoPE position).
+POSITION_KEEPING_CACHES = (LoomCache, LoomStaticCache)
+
+
 def next_positions(cache: Cache | None) -> torch.LongTensor:
     """The RoPE position the next token takes after `cache` (`[batch]` or `[1]`, integer).
 
     A [`LoomCache`] or [`LoomStaticCache`] knows it (a whole image block shares one position); any other cache knows
     only its length, which is the next position when it holds text only. No cache: 0.
     """
-    if isinstance(cache, (LoomCache, LoomStaticCache)):
+    if isinstance(cache, POSITION_KEEPING_CACHES):
         return cache.next_position
     return torch.tensor([cache.get_seq_length() if cache is not None else 0])

@@ -30,7 +30,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .cache_loom import LoomCache, LoomStaticCache, next_positions
+from .cache_loom import POSITION_KEEPING_CACHES, LoomCache, LoomStaticCache, next_positions
 from .configuration_loom import LoomConfig, LoomTextConfig, LoomVisionConfig
 from .document_attention import PER_DOCUMENT_ATTENTION, DocumentMasks, per_document_attention
 from .packing import (
@@ -59,9 +59,6 @@ __all__ = [
 # for functions of one model); a `DocumentMasks` mask selects it.
 ALL_ATTENTION_FUNCTIONS = AttentionInterface()
 ALL_ATTENTION_FUNCTIONS[PER_DOCUMENT_ATTENTION] = per_document_attention
-
-# The caches that record BAGEL's position counter (a whole image block shares one RoPE position).
-POSITION_KEEPING_CACHES = (LoomCache, LoomStaticCache)
 
 
 @dataclass

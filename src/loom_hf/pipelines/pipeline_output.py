@@ -76,16 +76,24 @@ def _request_name(request: int) -> str:
     return f"request_{request:02d}"
 
 
-def _remove_saved_tutorial(folder: Path) -> None:
-    """Remove what `save` writes (frames under its own names, `tutorial.md`, `tutorial.html`) from a folder that
-    holds a saved tutorial, and the folder itself if nothing else is left in it."""
-    if not folder.is_dir() or not (folder / "tutorial.md").is_file():
-        return
+def _remove_saved_frames(folder: Path, after: int) -> None:
+    """Remove the frames `save` wrote past frame `after`: only its own names (frame_07.png, not another tool's
+    frame_0007.png)."""
     for path in list(folder.iterdir()):
         match = FRAME_FILE.match(path.name)
-        saved_frame = match is not None and path.name == _frame_name(int(match[1]))
-        if (saved_frame or path.name in ("tutorial.md", "tutorial.html")) and path.is_file():
+        if match and int(match[1]) > after and path.name == _frame_name(int(match[1])) and path.is_file():
             path.unlink()
+
+
+def _remove_saved_tutorial(folder: Path) -> None:
+    """Remove what `save` writes (its frames, `tutorial.md`, `tutorial.html`) from a folder that holds a saved
+    tutorial, and the folder itself if nothing else is left in it."""
+    if not folder.is_dir() or not (folder / "tutorial.md").is_file():
+        return
+    _remove_saved_frames(folder, after=0)
+    for name in ("tutorial.md", "tutorial.html"):
+        if (folder / name).is_file():
+            (folder / name).unlink()
     if not any(folder.iterdir()):
         folder.rmdir()
 
@@ -191,9 +199,5 @@ class LoomPipelineOutput(BaseOutput):
         document = _PAGE.format(title=html.escape(title), body="\n".join(page))
         _write_atomically(directory / "tutorial.html", lambda path: Path(path).write_text(document))
         if held_a_tutorial:
-            for path in list(directory.iterdir()):
-                match = FRAME_FILE.match(path.name)
-                # Only names this method writes: frame_07.png, not another tool's frame_0007.png.
-                if match and int(match[1]) > frame and path.name == _frame_name(int(match[1])) and path.is_file():
-                    path.unlink()
+            _remove_saved_frames(directory, after=frame)
         return directory
