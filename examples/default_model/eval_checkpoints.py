@@ -2,12 +2,14 @@
 
     python examples/default_model/eval_checkpoints.py --pipeline runs/stage2/pipeline --run runs/stage2 \
         --data runs/data [--tutorials 12] [--guidance-scale 1.5 --image-guidance-scale 1.5] \
-        [--checkpoints 300 600 1200] [--weights ema]
+        [--checkpoints 300 600 1200] [--weights ema] [--frame-keep-threshold 0.4]
 
 The training loss of a flow model is mostly the noise it cannot predict, so it says little about whether more steps
 would help; this says it in the metrics that matter. Each `checkpoint-N` model (its live weights, and its EMA weights
 when the checkpoint holds them) goes into the pipeline `--pipeline` in place of that pipeline's own model, and renders
 the first `--tutorials` held-out tutorials from their ground-truth plans (seeds 0...). Prints one JSON line per model.
+Frame keeping is off unless `--frame-keep-threshold` is given (the pipeline's own default does not apply): the curve
+is about the weights.
 """
 
 import argparse
@@ -22,7 +24,7 @@ from diffusers.training_utils import EMAModel
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
 from loom_hf.evaluation.evaluate import evaluate_tutorials
 from loom_hf.trainers.ema import EMA_FILE, load_ema_state, trainable_names
-from loom_hf.utils import finite_float, positive_int
+from loom_hf.utils import finite_float, non_negative_float, positive_int
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--weights", choices=("live", "ema", "both"), default="both", help="which weights to score")
     parser.add_argument("--guidance-scale", type=finite_float)
     parser.add_argument("--image-guidance-scale", type=finite_float)
+    parser.add_argument("--frame-keep-threshold", type=non_negative_float, default=0.0, help="default 0: off")
     args = parser.parse_args()
     checkpoints = sorted(
         (int(match[1]), path) for path in args.run.iterdir() if (match := CHECKPOINT.match(path.name)) is not None
@@ -71,7 +74,7 @@ def main() -> None:
     # Which weights each checkpoint is scored with, settled for all of them before any evaluation.
     plans = {step: weights_to_score(path, args.weights) for step, path in checkpoints}
     rows = datasets.load_from_disk(args.data)["eval"]
-    guidance = {
+    sampling = {
         name: value
         for name, value in (
             ("guidance_scale", args.guidance_scale),
@@ -79,6 +82,7 @@ def main() -> None:
         )
         if value is not None
     }
+    sampling["frame_keep_threshold"] = args.frame_keep_threshold
     for step, path in checkpoints:
         for weights in plans[step]:
             model = LoomForInterleavedGeneration.from_pretrained(path, dtype=torch.float32)
@@ -87,7 +91,7 @@ def main() -> None:
             pipe = LoomInterleavedPipeline.from_pretrained(args.pipeline, model=model, dtype=torch.float32)
             pipe.set_progress_bar_config(disable=True)
             report = evaluate_tutorials(
-                pipe, rows, num_samples=args.tutorials, seed=0, num_inference_steps=args.steps, **guidance
+                pipe, rows, num_samples=args.tutorials, seed=0, num_inference_steps=args.steps, **sampling
             )
             gt = report["gt_plan"]
             print(

@@ -1,12 +1,12 @@
 """Store a trained pipeline as the package's embedded default model (`loom_hf.DEFAULT_MODEL`).
 
     python examples/default_model/export_default_model.py --pipeline runs/stage2/pipeline \
-        [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0]
+        [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0] [--frame-keep-threshold 0.4]
 
 Weights are stored in float16 (loaded back in float32), the folder is written next to the destination and
 renamed into place, and its size is checked against the package budget. `--model` swaps in another trained model
-folder of the same pipeline (the trainer's EMA weights, for instance), and the guidance options set the guidance
-every call uses when it names none (saved in `model_index.json`).
+folder of the same pipeline (the trainer's EMA weights, for instance), and the guidance and frame-keeping options
+set what every call uses when it names none (saved in `model_index.json`).
 """
 
 import argparse
@@ -30,10 +30,15 @@ def export(
     model: str | None = None,
     guidance_scale: float | None = None,
     image_guidance_scale: float | None = None,
+    frame_keep_threshold: float | None = None,
 ) -> float:
     """Write `pipeline` (with the model folder `model` instead of its own, when given, and its default guidance
-    replaced by the given scales) in float16 to `destination`; returns its size in MB."""
-    for name, value in (("guidance_scale", guidance_scale), ("image_guidance_scale", image_guidance_scale)):
+    and frame keeping replaced by the given values) in float16 to `destination`; returns its size in MB."""
+    for name, value in (
+        ("guidance_scale", guidance_scale),
+        ("image_guidance_scale", image_guidance_scale),
+        ("frame_keep_threshold", frame_keep_threshold),
+    ):
         check_number(name, value, minimum=0.0, optional=True)  # before anything is loaded or written
     destination = Path(destination)
     components = {}
@@ -43,6 +48,7 @@ def export(
     defaults = {
         "default_guidance_scale": guidance_scale,
         "default_image_guidance_scale": image_guidance_scale,
+        "default_frame_keep_threshold": frame_keep_threshold,
     }
     pipe.register_to_config(**{name: value for name, value in defaults.items() if value is not None})
     with written_atomically(destination) as staging:
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--model", help="a trained model folder to ship instead of the pipeline's own")
     parser.add_argument("--guidance-scale", type=float, help="the default text guidance of the shipped pipeline")
     parser.add_argument("--image-guidance-scale", type=float, help="the default image guidance of the shipped pipeline")
+    parser.add_argument("--frame-keep-threshold", type=float, help="the default frame keeping of the shipped pipeline")
     args = parser.parse_args()
     size = export(
         args.pipeline,
@@ -71,6 +78,7 @@ def main() -> None:
         model=args.model,
         guidance_scale=args.guidance_scale,
         image_guidance_scale=args.image_guidance_scale,
+        frame_keep_threshold=args.frame_keep_threshold,
     )
     print(f"Wrote {args.output} ({size:.1f} MB)")
 

@@ -12,14 +12,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
+    "FRAME_KEEP_HELP",
     "finite_float",
     "positive_float",
+    "non_negative_float",
     "positive_int",
     "non_negative_int",
     "check_output_folder",
     "check_output_file",
     "written_atomically",
 ]
+
+
+# The help of `--frame-keep-threshold`, shared by `loom generate` and `loom eval`.
+FRAME_KEEP_HELP = (
+    "frame keeping: tokens of the previous frame that a step's own estimate changes by less than this are kept "
+    "exactly (default: the model's; 0: off)"
+)
 
 
 def _number(text: str, kind: type, accepted: str, test) -> int | float:
@@ -41,6 +50,11 @@ def finite_float(text: str) -> float:
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     return _number(text, float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 
 
 def positive_int(text: str) -> int:

@@ -24,7 +24,15 @@ from huggingface_hub.utils import tqdm
 from ..data import rle_to_mask
 from ..modeling.history import HISTORY_MODES
 from ..pipelines import LoomInterleavedPipeline
-from ..utils import check_output_file, check_output_folder, finite_float, non_negative_int, positive_int
+from ..utils import (
+    FRAME_KEEP_HELP,
+    check_output_file,
+    check_output_folder,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge
 from .metrics import plan_exact_match, psnr, ssim, step_fidelity, temporal_coherence
 
@@ -299,6 +307,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default="sparse",
         help="earlier frames shown when rendering a frame (default sparse; `none` for the w/o-history ablation)",
     )
+    parser.add_argument("--frame-keep-threshold", type=non_negative_float, help=FRAME_KEEP_HELP)
     parser.add_argument("--max-history-frames", type=non_negative_int, default=4, help="history budget K_max (4)")
     parser.add_argument(
         "--no-step-text",
@@ -367,6 +376,7 @@ def run_eval(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             guidance_scale=args.guidance_scale,
             image_guidance_scale=args.image_guidance_scale,
+            frame_keep_threshold=args.frame_keep_threshold,
             history=args.history,
             max_history_frames=args.max_history_frames,
             use_step_text=args.use_step_text,

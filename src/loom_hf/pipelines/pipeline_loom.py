@@ -27,6 +27,7 @@ from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
 from ..number_checks import check_integer, check_number
 from ..planning import format_plan, parse_plan, plan_instruction, step_turn
+from .frame_keeping import FrameKeeping, follow_kept_tokens, kept_tokens
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .image_output import LoomVaeImageProcessor
 from .pipeline_output import ImageSegment, LoomPipelineOutput, TextSegment
@@ -128,7 +129,8 @@ class GuidanceContexts:
 
 @dataclass
 class ImageJob:
-    """One image to denoise: its guidance contexts, size, noise source and Loom conditioning."""
+    """One image to denoise: its guidance contexts, size, noise source and Loom conditioning (a tutorial frame's
+    `previous_latents` are the final latents of the frame before it, which [`FrameKeeping`] keeps from)."""
 
     contexts: GuidanceContexts
     size: tuple[int, int]
@@ -136,6 +138,7 @@ class ImageJob:
     latents: torch.Tensor | None = None
     frame_index: int | None = None
     entity_weights: torch.Tensor | None = None
+    previous_latents: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,15 @@ class DenoisingSettings:
     timestep_shift: float
     callback_on_step_end: Callable | None = None
     callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)
+    frame_keeping: FrameKeeping | None = None
+
+
+@dataclass(frozen=True)
+class PreviousFrames:
+    """The final latents `(N, C, h, w)` of the frames a batch of jobs keeps from, and which jobs have one."""
+
+    latents: torch.Tensor
+    has_frame: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         processor ([`LoomProcessor`]): tokenizer and image paths.
         default_guidance_scale / default_image_guidance_scale: the guidance a call uses when it names none, saved
             with the pipeline (`model_index.json`): BAGEL's 4.0 / 2.0 unless a checkpoint was tuned otherwise.
+        default_frame_keep_threshold: the `frame_keep_threshold` of a tutorial call that names none, saved likewise
+            (`None`: frame keeping off, as for BAGEL).
     """
 
     # The VAE (under 1 % of BAGEL) stays on the accelerator: with "model->vae" every decoded frame of a tutorial would
@@ -195,11 +209,14 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         processor: LoomProcessor,
         default_guidance_scale: float = 4.0,
         default_image_guidance_scale: float = 2.0,
+        default_frame_keep_threshold: float | None = None,
     ):
         super().__init__()
         self.register_modules(model=model, vae=vae, scheduler=scheduler, processor=processor)
         self.register_to_config(
-            default_guidance_scale=default_guidance_scale, default_image_guidance_scale=default_image_guidance_scale
+            default_guidance_scale=default_guidance_scale,
+            default_image_guidance_scale=default_image_guidance_scale,
+            default_frame_keep_threshold=default_frame_keep_threshold,
         )
         self.image_processor = LoomVaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
@@ -503,12 +520,15 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
     def _denoise_together(self, jobs: list[ImageJob], settings: DenoisingSettings) -> torch.Tensor:
         """Euler flow sampling of same-size images as one batch; returns their final latents `(N, C, h, w)`."""
-        latents = torch.cat([self.prepare_latents(*job.size, job.generator, job.latents) for job in jobs])
+        latents = noise = torch.cat([self.prepare_latents(*job.size, job.generator, job.latents) for job in jobs])
         self.scheduler.set_shift(settings.timestep_shift)
         sigmas = np.linspace(1.0, 0.0, settings.num_inference_steps + 1)[:-1]
         self.scheduler.set_timesteps(sigmas=sigmas, device=latents.device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        keeping = settings.frame_keeping
+        previous = self._previous_frames(jobs, noise) if keeping is not None else None
+        kept = None
         stacks: dict[tuple[str, ...], tuple[LoomCache, torch.Tensor]] = {}
         with self.model.step_cache(), self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -516,7 +536,17 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                     continue
                 sigma = self.scheduler.sigmas[i]
                 velocity = self.guided_velocities(jobs, latents, sigma, settings.guidance, stacks)
+                if previous is not None and i == keeping.decision_step(len(timesteps)):
+                    kept = previous.has_frame * kept_tokens(
+                        latents - sigma * velocity,
+                        previous.latents,
+                        keeping.threshold,
+                        self.model.config.latent_patch_size,
+                    )
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                if kept is not None:
+                    next_sigma = float(self.scheduler.sigmas[i + 1])
+                    latents = follow_kept_tokens(latents, previous.latents, noise, kept, next_sigma)
                 if settings.callback_on_step_end is not None:
                     step_tensors = {"latents": latents}
                     callback_kwargs = {name: step_tensors[name] for name in settings.callback_on_step_end_tensor_inputs}
@@ -524,6 +554,21 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()
         return latents
+
+    @staticmethod
+    def _previous_frames(jobs: list[ImageJob], noise: torch.Tensor) -> "PreviousFrames | None":
+        """The previous frames the jobs keep from, stacked (zeros and `has_frame` 0 for a job without one); `None`
+        when no job has one."""
+        if all(job.previous_latents is None for job in jobs):
+            return None
+        latents = torch.cat(
+            [
+                torch.zeros_like(noise[:1]) if job.previous_latents is None else job.previous_latents.to(noise)
+                for job in jobs
+            ]
+        )
+        has_frame = torch.tensor([job.previous_latents is not None for job in jobs], dtype=noise.dtype)
+        return PreviousFrames(latents, has_frame.to(noise.device).view(-1, 1, 1, 1))
 
     def guided_velocities(
         self,
@@ -716,6 +761,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             self.encode_context([plan_text], contexts=bases[index])
         # 3. Frames, step by step across the batch.
         frames: list[list[EncodedImage]] = [[] for _ in requests]
+        last_latents: list[torch.Tensor | None] = [None] * len(requests)
         with self.progress_bar(total=sum(len(plan) for plan in plans)) as progress_bar:
             for step in range(max((len(plan) for plan in plans), default=0)):
                 if self.interrupt:
@@ -728,9 +774,16 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                     shown = plans[index][step] if tutorial.use_step_text else None
                     contexts, _ = self.frame_contexts(bases[index], frames[index], step, shown, tutorial)
                     jobs.append(
-                        ImageJob(contexts, sizes[index], generators[index], frame_index=self._frame_index(step))
+                        ImageJob(
+                            contexts,
+                            sizes[index],
+                            generators[index],
+                            frame_index=self._frame_index(step),
+                            previous_latents=last_latents[index],
+                        )
                     )
                 for index, latents in zip(active, self.denoise(jobs, denoising)):
+                    last_latents[index] = latents
                     pixels = self._decode_pixels(latents)
                     history_image = self.image_processor.postprocess(pixels, output_type="pil")[0]
                     frames[index].append(self.encode_image(history_image))
@@ -765,6 +818,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         history: str,
         num_inference_steps: int,
         guidance: GuidanceConfig,
+        frame_keep_threshold: float | None,
+        frame_keep_at: float,
         entity_masks,
         timestep_shift: float | None,
         height: int | None,
@@ -812,6 +867,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             raise ValueError(f"`guidance_renorm` must be one of {GUIDANCE_RENORMS}; got {guidance.renorm!r}.")
         check_number("guidance_renorm_min", guidance.renorm_min, minimum=0.0, maximum=1.0)
         masks = self._check_entity_inputs(requests, batched, task, entity_masks, guidance.entity_scale)
+        check_number("frame_keep_threshold", frame_keep_threshold, minimum=0.0, optional=True)
+        check_number("frame_keep_at", frame_keep_at, minimum=0.0, maximum=1.0)
+        if frame_keep_threshold is not None and task != "interleaved":
+            raise ValueError(f"`frame_keep_threshold` applies to task='interleaved' only; got task={task!r}.")
         check_number("timestep_shift", timestep_shift, minimum=0.0, exclusive_minimum=True, optional=True)
         self._check_size("height", height)
         self._check_size("width", width)
@@ -1006,6 +1065,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         max_history_frames: int = 4,
         history: str = "sparse",
         use_step_text: bool = True,
+        frame_keep_threshold: float | None = None,
+        frame_keep_at: float = 0.3,
         num_inference_steps: int = 50,
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
@@ -1053,6 +1114,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 `"full"` (every earlier frame) or `"none"`.
             use_step_text: render each frame after its step's text turn (`False` is the paper's "w/o stepwise
                 prompt" ablation, for models trained that way).
+            frame_keep_threshold: frame keeping (`task="interleaved"`; see `frame_keeping`): each frame after the
+                first keeps, exactly, the latent tokens of the previous frame that its own clean-frame estimate
+                leaves within this mean absolute difference (and that no changing token touches). 0 turns it off.
+                Default: the pipeline's `default_frame_keep_threshold` (off for BAGEL).
+            frame_keep_at: the share of the Euler steps after which a frame decides what it keeps, in [0, 1].
             num_inference_steps: Euler steps per image (the official code's `num_timesteps` is this + 1).
             guidance_scale: text guidance (official `cfg_text_scale`); guidance is off at 1 or less. Default: the
                 pipeline's `default_guidance_scale` (4.0 for BAGEL).
@@ -1101,6 +1167,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 guidance_renorm_min,
                 entity_guidance_scale,
             )
+            if frame_keep_threshold is None and task == "interleaved":
+                frame_keep_threshold = self.config.default_frame_keep_threshold
             call = self.check_inputs(
                 inputs=inputs,
                 task=task,
@@ -1112,6 +1180,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 history=history,
                 num_inference_steps=num_inference_steps,
                 guidance=guidance,
+                frame_keep_threshold=frame_keep_threshold,
+                frame_keep_at=frame_keep_at,
                 entity_masks=entity_masks,
                 timestep_shift=timestep_shift,
                 height=height,
@@ -1152,6 +1222,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 timestep_shift=timestep_shift if timestep_shift is not None else self.scheduler.config.shift,
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
+                frame_keeping=FrameKeeping(frame_keep_threshold, frame_keep_at) if frame_keep_threshold else None,
             )
             segments: list[list[TextSegment | ImageSegment]] = [[] for _ in call.requests]
 
