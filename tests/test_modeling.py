@@ -12,6 +12,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from loom_hf import DEFAULT_MODEL, LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from loom_hf.modeling import LoomTextConfig
+from loom_hf.modeling.modeling_loom import ExpertRoute
 from loom_hf.tiny import tiny_config, tiny_tokenizer
 
 from .conftest import FIXTURE
@@ -166,6 +167,28 @@ def test_experts_route_by_token_type(model_and_inputs):
     layer.mlp.down_proj.weight.add_(1.0)
     changed = (model(**inputs).last_hidden_state - before.last_hidden_state).abs().amax(-1)[0]
     assert (changed[~latent_tokens] > 1e-3).all() and (changed[latent_tokens] == 0).all()
+
+
+def test_a_latent_block_at_the_same_place_in_every_row_is_routed_by_slices(model_and_inputs):
+    """A denoising step's rows share one latent span: the experts' parts are slices, the same tokens the indexed
+    route gathers, and joining them gives back the hidden states exactly."""
+    _, inputs, spans = model_and_inputs
+    gen_mask = (inputs["mm_token_type_ids"] == TokenType.LATENT).repeat(2, 1)
+    span = ExpertRoute.from_gen_mask(gen_mask)
+    indexed = ExpertRoute.from_gen_mask(gen_mask, always_split=True)
+    assert span.gen_span == (spans["latent"].start + 1, spans["latent"].stop - 1) and span.gen_index is None
+    assert indexed.gen_span is None and indexed.gen_index is not None
+
+    hidden = torch.randn(*gen_mask.shape, 8)
+    (span_und, span_gen), (index_und, index_gen) = span.split(hidden), indexed.split(hidden)
+    assert torch.equal(span_und.flatten(0, 1), index_und) and torch.equal(span_gen.flatten(0, 1), index_gen)
+    for route in (span, indexed):
+        assert torch.equal(route.join(route.split(hidden), hidden.shape[:2]), hidden)
+
+    shifted = torch.cat([gen_mask[:1], gen_mask[:1].roll(1, dims=1)])  # the rows place their blocks differently
+    two_blocks = gen_mask[:1] | gen_mask[:1].roll(-5, dims=1)  # one row, two latent runs (4 tokens, a gap)
+    assert ExpertRoute.from_gen_mask(shifted).gen_span is None
+    assert ExpertRoute.from_gen_mask(two_blocks).gen_span is None
 
 
 def test_training_routes_like_inference_and_keeps_both_experts_in_the_graph(model_and_inputs, tiny_pipe):

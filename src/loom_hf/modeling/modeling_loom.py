@@ -61,18 +61,30 @@ ALL_ATTENTION_FUNCTIONS = AttentionInterface()
 ALL_ATTENTION_FUNCTIONS[PER_DOCUMENT_ATTENTION] = per_document_attention
 
 
+# A tensor's tokens split between the experts: (understanding, generation), `None` for an expert with no token.
+ExpertParts = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
 @dataclass
 class ExpertRoute:
     """Which tokens each expert processes, worked out once per forward pass and shared by every routed layer.
 
-    `gen_index` and `und_index` index the flattened `[batch · length]` tokens; both are `None` when one expert takes
-    every token (`all_generation` says which). Indexing with precomputed positions instead of a boolean mask at every
-    call saves a `nonzero` (a host synchronisation on GPU) per projection, norm and MLP of every layer.
+    A layer splits its hidden states into the two experts' parts once ([`split`]), runs each expert's projections,
+    norms and MLP on its own part, and joins the parts back into sequence order only where the experts meet (queries,
+    keys and values for the joint attention, and the layer's output) ([`join`]). Three layouts:
+
+    * one expert takes every token (`all_generation` says which): no split at all;
+    * `gen_span = (start, end)`: in every row the latent tokens are positions `[start, end)`, as in a denoising step
+      (`[start marker, latents, end marker]`) or an image block written into the cache; the parts are slices;
+    * otherwise `gen_index` / `und_index` index the flattened `[batch · length]` tokens (packed training rows).
+      Precomputed positions instead of a boolean mask at every call save a `nonzero` (a host synchronisation on
+      GPU) per split.
     """
 
     all_generation: bool
     und_index: torch.LongTensor | None = None
     gen_index: torch.LongTensor | None = None
+    gen_span: tuple[int, int] | None = None
 
     @classmethod
     def from_gen_mask(cls, gen_mask: torch.BoolTensor, always_split: bool = False) -> "ExpertRoute":
@@ -83,29 +95,66 @@ class ExpertRoute:
                 return cls(all_generation=False)
             if gen_mask.all():
                 return cls(all_generation=True)
+            span = cls._shared_span(gen_mask)
+            if span is not None:
+                return cls(all_generation=False, gen_span=span)
         flat = gen_mask.flatten()
         return cls(False, (~flat).nonzero().flatten(), flat.nonzero().flatten())
 
+    @staticmethod
+    def _shared_span(gen_mask: torch.BoolTensor) -> tuple[int, int] | None:
+        """`(start, end)` when every row's latent tokens are exactly positions `[start, end)`, else `None`."""
+        columns = gen_mask[0].nonzero().flatten()
+        if len(columns) == 0:
+            return None
+        start, end = int(columns[0]), int(columns[-1]) + 1
+        span = torch.zeros_like(gen_mask[0])
+        span[start:end] = True
+        return (start, end) if bool((gen_mask == span).all()) else None
 
-def route_experts(
+    def split(self, hidden_states: torch.Tensor) -> ExpertParts:
+        """The experts' parts of `hidden_states` (`[batch, length, ...]`)."""
+        if self.gen_span is not None:
+            start, end = self.gen_span
+            understanding = torch.cat([hidden_states[:, :start], hidden_states[:, end:]], dim=1)
+            return understanding, hidden_states[:, start:end]
+        if self.gen_index is None:
+            return (None, hidden_states) if self.all_generation else (hidden_states, None)
+        flat = hidden_states.flatten(0, 1)
+        return flat.index_select(0, self.und_index), flat.index_select(0, self.gen_index)
+
+    def join(self, parts: ExpertParts, shape: torch.Size) -> torch.Tensor:
+        """The parts back in sequence order, `[batch, length, ...]` for the leading `shape`; the generation part is
+        cast to the understanding part's dtype."""
+        understanding, generation = parts
+        if self.gen_span is not None:
+            start = self.gen_span[0]
+            pieces = [understanding[:, :start], generation.to(understanding.dtype), understanding[:, start:]]
+            return torch.cat(pieces, dim=1)
+        if self.gen_index is None:
+            return generation if self.all_generation else understanding
+        out = understanding.new_empty(shape[0] * shape[1], *understanding.shape[1:])
+        out.index_copy_(0, self.und_index, understanding)
+        out.index_copy_(0, self.gen_index, generation.to(understanding.dtype))
+        return out.unflatten(0, shape)
+
+
+def apply_experts(
     understanding: Callable[[torch.Tensor], torch.Tensor],
     generation: Callable[[torch.Tensor], torch.Tensor],
-    hidden_states: torch.Tensor,
-    route: ExpertRoute,
-) -> torch.Tensor:
-    """Apply the understanding expert to text/ViT tokens and the generation expert to latent tokens.
+    parts: ExpertParts,
+) -> ExpertParts:
+    """Each expert's module on its own part of the tokens."""
+    und_part, gen_part = parts
+    return (
+        None if und_part is None else understanding(und_part),
+        None if gen_part is None else generation(gen_part),
+    )
 
-    `route` covers the leading `[batch, length]` dims of `hidden_states`.
-    """
-    if route.gen_index is None:
-        return (generation if route.all_generation else understanding)(hidden_states)
-    flat = hidden_states.flatten(0, 1)
-    und_out = understanding(flat.index_select(0, route.und_index))
-    gen_out = generation(flat.index_select(0, route.gen_index)).to(und_out.dtype)
-    out = und_out.new_empty(flat.shape[0], *und_out.shape[1:])
-    out.index_copy_(0, route.und_index, und_out)
-    out.index_copy_(0, route.gen_index, gen_out)
-    return out.unflatten(0, hidden_states.shape[:2])
+
+def add_parts(first: ExpertParts, second: ExpertParts) -> ExpertParts:
+    """Part-wise sum (the residual connections, which never mix the experts' tokens)."""
+    return tuple(None if a is None else a + b for a, b in zip(first, second))
 
 
 class LoomAttention(nn.Module):
@@ -143,22 +192,22 @@ class LoomAttention(nn.Module):
 
     def forward(
         self,
-        hidden_states: torch.Tensor,
+        hidden_parts: ExpertParts,
+        input_shape: torch.Size,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
         route: ExpertRoute,
         past_key_values: Cache | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-
-        query_states = route_experts(self.q_proj, self.q_proj_moe_gen, hidden_states, route).view(hidden_shape)
-        query_states = route_experts(self.q_norm, self.q_norm_moe_gen, query_states, route).transpose(1, 2)
-        key_states = route_experts(self.k_proj, self.k_proj_moe_gen, hidden_states, route).view(hidden_shape)
-        key_states = route_experts(self.k_norm, self.k_norm_moe_gen, key_states, route).transpose(1, 2)
-        value_states = route_experts(self.v_proj, self.v_proj_moe_gen, hidden_states, route).view(hidden_shape)
-        value_states = value_states.transpose(1, 2)
+    ) -> tuple[ExpertParts, torch.Tensor | None]:
+        """Attention over the (already normed) hidden states of `input_shape` `[batch, length]`, given as the
+        experts' parts; returns the output projection's parts and the attention weights."""
+        query_states = self._heads(hidden_parts, self.q_proj, self.q_proj_moe_gen, self.q_norm, self.q_norm_moe_gen)
+        key_states = self._heads(hidden_parts, self.k_proj, self.k_proj_moe_gen, self.k_norm, self.k_norm_moe_gen)
+        value_states = self._heads(hidden_parts, self.v_proj, self.v_proj_moe_gen)
+        query_states = route.join(query_states, input_shape).transpose(1, 2)
+        key_states = route.join(key_states, input_shape).transpose(1, 2)
+        value_states = route.join(value_states, input_shape).transpose(1, 2)
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -179,8 +228,21 @@ class LoomAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return route_experts(self.o_proj, self.o_proj_moe_gen, attn_output, route), attn_weights
+        attn_output = attn_output.reshape(*input_shape, -1)
+        return apply_experts(self.o_proj, self.o_proj_moe_gen, route.split(attn_output)), attn_weights
+
+    def _heads(
+        self,
+        hidden_parts: ExpertParts,
+        projection: nn.Module,
+        projection_gen: nn.Module,
+        norm: nn.Module | None = None,
+        norm_gen: nn.Module | None = None,
+    ) -> ExpertParts:
+        """Each expert's projection, split into heads `[..., heads, head_dim]`, then its per-head norm (if any)."""
+        projected = apply_experts(projection, projection_gen, hidden_parts)
+        heads = tuple(None if part is None else part.unflatten(-1, (-1, self.head_dim)) for part in projected)
+        return heads if norm is None else apply_experts(norm, norm_gen, heads)
 
 
 class LoomDecoderLayer(GradientCheckpointingLayer):
@@ -205,20 +267,24 @@ class LoomDecoderLayer(GradientCheckpointingLayer):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states = route_experts(self.input_layernorm, self.input_layernorm_moe_gen, hidden_states, route)
-        hidden_states, _ = self.self_attn(
-            hidden_states, position_embeddings, attention_mask, route, past_key_values=past_key_values, **kwargs
+        residual = route.split(hidden_states)
+        normed = apply_experts(self.input_layernorm, self.input_layernorm_moe_gen, residual)
+        attended, _ = self.self_attn(
+            normed,
+            hidden_states.shape[:2],
+            position_embeddings,
+            attention_mask,
+            route,
+            past_key_values=past_key_values,
+            **kwargs,
         )
-        hidden_states = residual + hidden_states
-        residual = hidden_states
-        hidden_states = route_experts(
+        residual = add_parts(residual, attended)
+        transformed = apply_experts(
             lambda x: self.mlp(self.post_attention_layernorm(x)),
             lambda x: self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(x)),
-            hidden_states,
-            route,
+            residual,
         )
-        return residual + hidden_states
+        return route.join(add_parts(residual, transformed), hidden_states.shape[:2])
 
 
 register_decoder_layer(LoomDecoderLayer)
@@ -393,7 +459,9 @@ class LoomTextModel(LoomPreTrainedModel, CacheMixin):
                 **attention_kwargs,
                 **kwargs,
             )
-        hidden_states = route_experts(self.norm, self.norm_moe_gen, hidden_states, route)
+        hidden_states = route.join(
+            apply_experts(self.norm, self.norm_moe_gen, route.split(hidden_states)), hidden_states.shape[:2]
+        )
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
 
     def _attends_per_document(self, inputs_embeds, attention_mask, past_key_values, document_ids) -> bool:
