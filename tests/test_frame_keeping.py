@@ -1,6 +1,5 @@
 """Frame keeping: tutorial frames keep, exactly, the latent tokens their step leaves alone."""
 
-import pytest
 import torch
 
 from loom_hf import LoomInterleavedPipeline
@@ -147,26 +146,3 @@ def test_the_pipeline_default_is_saved_with_it_and_a_call_may_turn_it_off(framed
     assert not torch.equal(unkept[1], unkept[0])
     # Images and answers do not keep frames: the default does not apply to them.
     loaded(["A red square"], num_inference_steps=1, height=32, width=32)
-
-
-BAD_KEEPING = [
-    ({"frame_keep_threshold": -0.1}, ValueError, "`frame_keep_threshold` must be >= 0.0"),
-    ({"frame_keep_threshold": float("nan")}, ValueError, "`frame_keep_threshold` must be a finite number"),
-    ({"frame_keep_threshold": True}, TypeError, "`frame_keep_threshold` must be a number"),
-    ({"frame_keep_threshold": "0.4"}, TypeError, "`frame_keep_threshold` must be a number"),
-    ({"frame_keep_at": 1.5}, ValueError, "`frame_keep_at` must be >= 0.0 and <= 1.0"),
-    ({"frame_keep_at": -0.1}, ValueError, "`frame_keep_at`"),
-    ({"frame_keep_at": float("inf")}, ValueError, "`frame_keep_at`"),
-    ({"frame_keep_threshold": 0.4, "task": "image"}, ValueError, "applies to task='interleaved' only"),
-    ({"frame_keep_threshold": 0.4, "task": "text"}, ValueError, "applies to task='interleaved' only"),
-]
-
-
-@pytest.mark.parametrize(("overrides", "error", "message"), BAD_KEEPING)
-def test_bad_frame_keeping_input_is_rejected_before_work(framed_pipe, monkeypatch, overrides, error, message):
-    calls = []
-    monkeypatch.setattr(framed_pipe.model, "forward", lambda *a, **k: calls.append(1))
-    arguments = {"inputs": ["Draw a red house"], "task": "interleaved", "plan": PLAN[:2], **overrides}
-    with pytest.raises(error, match=message):
-        framed_pipe(**arguments)
-    assert calls == []

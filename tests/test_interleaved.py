@@ -372,6 +372,16 @@ BAD_TUTORIALS = [
     ({"inputs": ["Draw a house", Image.new("RGB", (8, 8))]}, ValueError, "last item"),
     ({"entity_masks": {"<upper>": np.ones((32, 32))}, "entity_guidance_scale": 5.0}, ValueError, "task='image'"),
     ({"latents": torch.zeros(1, 16, 4, 4)}, ValueError, "`latents`"),
+    # frame keeping
+    ({"frame_keep_threshold": -0.1}, ValueError, "`frame_keep_threshold` must be >= 0.0"),
+    ({"frame_keep_threshold": float("nan")}, ValueError, "`frame_keep_threshold` must be a finite number"),
+    ({"frame_keep_threshold": True}, TypeError, "`frame_keep_threshold` must be a number"),
+    ({"frame_keep_threshold": "0.4"}, TypeError, "`frame_keep_threshold` must be a number"),
+    ({"frame_keep_at": 1.5}, ValueError, "`frame_keep_at` must be >= 0.0 and <= 1.0"),
+    ({"frame_keep_at": -0.1}, ValueError, "`frame_keep_at`"),
+    ({"frame_keep_at": float("inf")}, ValueError, "`frame_keep_at`"),
+    ({"frame_keep_threshold": 0.4, "task": "image"}, ValueError, "applies to task='interleaved' only"),
+    ({"frame_keep_threshold": 0.4, "task": "text"}, ValueError, "applies to task='interleaved' only"),
 ]
 
 
