@@ -275,6 +275,7 @@ def evaluate_tutorials(
         "num_inference_steps": num_inference_steps,
         "judge": type(judge).__name__ if judge is not None else None,
         "pipeline_kwargs": {name: _as_json_setting(value) for name, value in pipeline_kwargs.items()},
+        "resolved_defaults": _resolved_defaults(pipe, pipeline_kwargs),
     }
     return {
         "num_samples": len(samples),
@@ -282,6 +283,20 @@ def evaluate_tutorials(
         "settings": settings,
         **_summary(samples, judged=judge is not None),
         "samples": samples,
+    }
+
+
+def _resolved_defaults(pipe: LoomInterleavedPipeline, pipeline_kwargs: dict) -> dict:
+    """The guidance scales and frame keeping every call used: the value passed, or the pipeline's saved default where
+    none (or `None`) was, so that a report says what ran and not only what was asked."""
+    defaults = {
+        "guidance_scale": pipe.config.default_guidance_scale,
+        "image_guidance_scale": pipe.config.default_image_guidance_scale,
+        "frame_keep_threshold": pipe.config.default_frame_keep_threshold,
+    }
+    return {
+        name: _as_json_setting(default if pipeline_kwargs.get(name) is None else pipeline_kwargs[name])
+        for name, default in defaults.items()
     }
 
 
