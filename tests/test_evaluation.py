@@ -360,10 +360,11 @@ def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path, capsys
     assert report["num_samples"] == 2 and report["seeds"] == [7, 8]
     assert report["settings"]["num_inference_steps"] == 1 and report["settings"]["judge"] == "RecordedJudge"
     assert report["settings"]["pipeline_kwargs"] == {"height": 32, "width": 32, "max_new_tokens": 24}
-    assert report["settings"]["resolved_defaults"] == {  # nothing named: the pipeline's saved defaults ran
-        "guidance_scale": random_pipe.config.default_guidance_scale,
-        "image_guidance_scale": random_pipe.config.default_image_guidance_scale,
-        "frame_keep_threshold": random_pipe.config.default_frame_keep_threshold,
+    # nothing named: the pipeline's defaults ran (the tiny pipeline keeps BAGEL's: 4.0 / 2.0, frame keeping off)
+    assert report["settings"]["resolved_defaults"] == {
+        "guidance_scale": 4.0,
+        "image_guidance_scale": 2.0,
+        "frame_keep_threshold": None,
     }
     json.dumps(report, allow_nan=False)
 
@@ -443,13 +444,9 @@ def test_eval_command_line(random_pipe, eval_split, tmp_path, capsys, no_proxy):
     assert len(server.requests) == 1
     ablation = report["settings"]["pipeline_kwargs"]
     assert ablation["history"] == "none" and ablation["use_step_text"] is False and ablation["guidance_scale"] == 1.5
-    resolved = report["settings"]["resolved_defaults"]  # the named scale, and the saved default where none was named
-    saved = random_pipe.config  # what was saved as the model
-    assert resolved == {
-        "guidance_scale": 1.5,
-        "image_guidance_scale": saved["default_image_guidance_scale"],
-        "frame_keep_threshold": saved["default_frame_keep_threshold"],
-    }
+    # the named scale, and the saved model's defaults where none was named
+    resolved = report["settings"]["resolved_defaults"]
+    assert resolved == {"guidance_scale": 1.5, "image_guidance_scale": 2.0, "frame_keep_threshold": None}
 
     with pytest.raises(SystemExit):
         parser.parse_args(["--model", "m", "--data", "d", "--history", "everything"])

@@ -270,12 +270,18 @@ def evaluate_tutorials(
         )
     if not samples:
         raise ValueError("`dataset` holds no tutorial rows (task == 'tutorial') to evaluate.")
+    resolved = pipe.resolved_defaults(  # what every call ran with: the pipeline's saved defaults where none was given
+        arguments["task"],
+        guidance_scale=pipeline_kwargs.get("guidance_scale"),
+        image_guidance_scale=pipeline_kwargs.get("image_guidance_scale"),
+        frame_keep_threshold=pipeline_kwargs.get("frame_keep_threshold"),
+    )
     settings = {
         "seed": seed,
         "num_inference_steps": num_inference_steps,
         "judge": type(judge).__name__ if judge is not None else None,
         "pipeline_kwargs": {name: _as_json_setting(value) for name, value in pipeline_kwargs.items()},
-        "resolved_defaults": _resolved_defaults(pipe, pipeline_kwargs),
+        "resolved_defaults": {name: _as_json_setting(value) for name, value in resolved.items()},
     }
     return {
         "num_samples": len(samples),
@@ -283,20 +289,6 @@ def evaluate_tutorials(
         "settings": settings,
         **_summary(samples, judged=judge is not None),
         "samples": samples,
-    }
-
-
-def _resolved_defaults(pipe: LoomInterleavedPipeline, pipeline_kwargs: dict) -> dict:
-    """The guidance scales and frame keeping every call used: the value passed, or the pipeline's saved default where
-    none (or `None`) was, so that a report says what ran and not only what was asked."""
-    defaults = {
-        "guidance_scale": pipe.config.default_guidance_scale,
-        "image_guidance_scale": pipe.config.default_image_guidance_scale,
-        "frame_keep_threshold": pipe.config.default_frame_keep_threshold,
-    }
-    return {
-        name: _as_json_setting(default if pipeline_kwargs.get(name) is None else pipeline_kwargs[name])
-        for name, default in defaults.items()
     }
 
 

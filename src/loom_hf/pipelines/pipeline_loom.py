@@ -805,6 +805,28 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
     # ---------------------------------------------------------------- validation
 
+    def resolved_defaults(
+        self,
+        task: str,
+        *,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        frame_keep_threshold: float | None = None,
+    ) -> dict[str, float | None]:
+        """The guidance scales and frame keeping a call of `task` runs with: each value given, or the pipeline's saved
+        `default_*` where it is `None` (frame keeping only for `interleaved`)."""
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
+        if image_guidance_scale is None:
+            image_guidance_scale = self.config.default_image_guidance_scale
+        if frame_keep_threshold is None and task == "interleaved":
+            frame_keep_threshold = self.config.default_frame_keep_threshold
+        return {
+            "guidance_scale": guidance_scale,
+            "image_guidance_scale": image_guidance_scale,
+            "frame_keep_threshold": frame_keep_threshold,
+        }
+
     def check_inputs(
         self,
         *,
@@ -1155,10 +1177,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """
         with self._call_lock:
             # 1. Check inputs; nothing runs before every argument is known to be valid
-            if guidance_scale is None:
-                guidance_scale = self.config.default_guidance_scale
-            if image_guidance_scale is None:
-                image_guidance_scale = self.config.default_image_guidance_scale
+            guidance_scale, image_guidance_scale, frame_keep_threshold = self.resolved_defaults(
+                task,
+                guidance_scale=guidance_scale,
+                image_guidance_scale=image_guidance_scale,
+                frame_keep_threshold=frame_keep_threshold,
+            ).values()
             guidance = GuidanceConfig(
                 guidance_scale,
                 image_guidance_scale,
@@ -1167,8 +1191,6 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 guidance_renorm_min,
                 entity_guidance_scale,
             )
-            if frame_keep_threshold is None and task == "interleaved":
-                frame_keep_threshold = self.config.default_frame_keep_threshold
             call = self.check_inputs(
                 inputs=inputs,
                 task=task,
