@@ -27,6 +27,11 @@ loading. Reported per workload: the median time of each side and official/ours (
 lowest and highest per-repeat ratio. For `understand` a 1-token run is timed as well, and the cost of one decoded
 token is (t(32 tokens) - t(1 token)) / 31 on each side. One JSON line per workload, then a markdown table.
 
+`--profile WORKLOAD` (one of the names above) times nothing: after the parity round and the warmup it runs that
+workload `--repeats` times on each side under `torch.profiler` (with input shapes) and prints, per side, the operators
+that took the most time, once by name and once by name and input shapes: where a side spends its time, and whether an
+operator costs more than its arithmetic (a 512 KB elementwise op faulted in page by page, say).
+
 A reference bounds what any decode path on transformers' generation stack can gain here: `stock_decode` times
 transformers' own `Qwen3ForCausalLM` (q/k norms and q/k/v biases, the shape of BAGEL's understanding expert), loaded
 with our model's understanding weights, decoding through `generate()` after a text prompt as long as our
@@ -93,6 +98,8 @@ VIT_IMAGE_SIZE = (112, 56, 14)  # the ViT sees it at 112 px: 8 x 8 patches.
 PROMPT = "A red square above a blue circle."
 INSTRUCTION = "Make the square green."
 QUESTION = "What is drawn here?"
+# What `make_workloads` builds (each `*_1` partner of a text workload is timed for the cost per token only).
+WORKLOAD_NAMES = ("t2i", "t2i_unguided", "edit", "understand", "understand_compiled", "stock_decode")
 
 
 # ---------------------------------------------------------------- stand-ins for the official code's CPU gaps
@@ -624,6 +631,20 @@ def time_alternately(workloads: list[Workload], warmup: int, repeats: int) -> di
     return times
 
 
+def profile(workload: Workload, warmup: int, repeats: int, row_limit: int = 25) -> None:
+    """Print where each side of `workload` spends its time: `repeats` calls under `torch.profiler`, after `warmup`."""
+    for side, call in (("official", workload.official), ("ours", workload.ours)):
+        for _ in range(warmup):
+            call()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as trace:
+            for _ in range(repeats):
+                call()
+        print(f"\n{workload.name}, {side}: {repeats} calls, the operators by self CPU time")
+        print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit))
+        print(f"{workload.name}, {side}: by operator and input shapes")
+        print(trace.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=row_limit))
+
+
 def summarize(workloads, times, parity, args) -> list[dict]:
     rows = []
     for workload in workloads:
@@ -672,6 +693,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="Euler steps per image")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="weights, initial noise and test image")
+    parser.add_argument(
+        "--profile", choices=WORKLOAD_NAMES, help="profile this workload's two sides instead of timing the workloads"
+    )
     parser.add_argument("--atol", type=float, default=1e-3, help="parity tolerance on the final latents")
     parser.add_argument(
         "--tokenizer-dir",
@@ -691,8 +715,13 @@ def main() -> None:
         pipe = LoomInterleavedPipeline.from_bagel(release, vae_image_size=VAE_IMAGE_SIZE, vit_image_size=VIT_IMAGE_SIZE)
         pipe.set_progress_bar_config(disable=True)
         workloads = make_workloads(inferencer, generated, pipe, args)
+        assert {workload.name for workload in workloads if not workload.name.endswith("_1")} == set(WORKLOAD_NAMES)
+        if args.profile is not None:
+            workloads = [workload for workload in workloads if workload.name == args.profile]
         noise = initial_noise(args.seed)
         parity = {workload.name: check_parity(workload, noise, args.atol) for workload in workloads}
+        if args.profile is not None:
+            return profile(workloads[0], args.warmup, args.repeats)
         times = time_alternately(workloads, args.warmup, args.repeats)
 
     rows = summarize(workloads, times, parity, args)
