@@ -63,9 +63,9 @@ def test_kept_tokens_follow_the_flow_path_and_end_on_the_previous_frame():
     latents, previous, noise = (torch.randn(2, 4, 6, 6, generator=generator) for _ in range(3))
     mask = torch.zeros(2, 1, 6, 6)
     mask[0, :, :2] = 1.0
-    at_half = follow_kept_tokens(latents, previous, noise, mask, 0.5)
+    at_half = follow_kept_tokens(latents, previous, noise, mask=mask, sigma=0.5)
     torch.testing.assert_close(at_half[0, :, :2], 0.5 * previous[0, :, :2] + 0.5 * noise[0, :, :2])
-    at_end = follow_kept_tokens(latents, previous, noise, mask, 0.0)
+    at_end = follow_kept_tokens(latents, previous, noise, mask=mask, sigma=0.0)
     assert torch.equal(at_end[0, :, :2], previous[0, :, :2])
     assert torch.equal(at_end[0, :, 2:], latents[0, :, 2:])
     assert torch.equal(at_end[1], latents[1])

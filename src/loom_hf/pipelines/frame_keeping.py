@@ -5,9 +5,10 @@ in one frame comes back slightly redrawn in the next. With frame keeping on, sam
 through which latent tokens the step changes: those where the model's own estimate of the clean frame (the current
 latents moved to sigma 0 along the predicted velocity) differs from the previous frame's latents by at least a
 threshold, widened by one token on every side so that the new part can blend into its surroundings, and the one
-token it changes most, whatever the threshold (every step adds something). Every other token is kept: after each later Euler step it is set to the previous frame's latents noised to the step's sigma
-with the frame's own initial noise (the flow's straight path, as RePaint and blended latent diffusion replace the
-known region), so it ends equal to the previous frame's latents. Nothing of the ground truth or of the step's text
+token it changes most, whatever the threshold (every step adds something). Every other token is kept: after each
+later Euler step it is set to the previous frame's latents noised to the step's sigma with the frame's own initial
+noise (the flow's straight path, as RePaint and blended latent diffusion replace the known region), so it ends equal
+to the previous frame's latents. Nothing of the ground truth or of the step's text
 takes part in the decision; the model's estimate alone says what changes.
 """
 
@@ -38,9 +39,7 @@ class FrameKeeping:
         return min(math.ceil(self.decide_at * num_steps), num_steps - 1)
 
 
-def kept_tokens(
-    estimate: torch.Tensor, previous: torch.Tensor, threshold: float, patch_size: int
-) -> torch.Tensor:
+def kept_tokens(estimate: torch.Tensor, previous: torch.Tensor, threshold: float, *, patch_size: int) -> torch.Tensor:
     """A `(N, 1, h, w)` float mask (1: kept) over latents `(N, C, h, w)`, constant over each `patch_size` token.
 
     A token changes when its mean absolute difference between `estimate` and `previous` reaches `threshold`; the
@@ -56,7 +55,7 @@ def kept_tokens(
 
 
 def follow_kept_tokens(
-    latents: torch.Tensor, previous: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, sigma: float
+    latents: torch.Tensor, previous: torch.Tensor, noise: torch.Tensor, *, mask: torch.Tensor, sigma: float
 ) -> torch.Tensor:
     """`latents` with the kept tokens (`mask` 1) on the flow path from `noise` to `previous`, at `sigma`."""
     on_path = (1.0 - sigma) * previous + sigma * noise

@@ -541,12 +541,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                         latents - sigma * velocity,
                         previous.latents,
                         keeping.threshold,
-                        self.model.config.latent_patch_size,
+                        patch_size=self.model.config.latent_patch_size,
                     )
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 if kept is not None:
                     next_sigma = float(self.scheduler.sigmas[i + 1])
-                    latents = follow_kept_tokens(latents, previous.latents, noise, kept, next_sigma)
+                    latents = follow_kept_tokens(latents, previous.latents, noise, mask=kept, sigma=next_sigma)
                 if settings.callback_on_step_end is not None:
                     step_tensors = {"latents": latents}
                     callback_kwargs = {name: step_tensors[name] for name in settings.callback_on_step_end_tensor_inputs}
