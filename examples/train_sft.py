@@ -35,6 +35,7 @@ from loom_hf.trainers import (
 from loom_hf.trainers.checkpoint import check_checkpoint
 from loom_hf.trainers.latent_cache import cache_latents
 from loom_hf.trainers.lora import LORA_TARGETS, lora_config
+from loom_hf.trainers.trainer import check_latent_stride
 from loom_hf.utils import check_output_folder
 
 logger = logging.getLogger("train_sft")
@@ -138,6 +139,7 @@ def main() -> None:
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     pipe = load_pipeline(model_args, dtype)
     model = pipe.model
+    check_latent_stride(pipe.processor, model.config)  # before the dataset is read and its latents cached
     model.set_attn_implementation(model_args.attn_implementation)
     select_trainable_parameters(model, training_args.train_experts)
     if model_args.lora_rank > 0:

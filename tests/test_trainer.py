@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from loom_hf import TokenType
+from loom_hf import LoomImageProcessor, TokenType
 from loom_hf.data import build_dataset
 from loom_hf.data.synth import FAMILIES
 from loom_hf.modeling.history import history_frame_indices
@@ -425,6 +425,26 @@ def test_overfits_one_batch(pipe, rows, tmp_path, use_lora):
     trainer.train()
     ce, mse = losses(trainer, "ce_loss"), losses(trainer, "mse_loss")
     assert ce[-1] < 0.5 * ce[0] and mse[-1] < 0.5 * mse[0], (ce, mse)
+
+
+def test_one_latent_pixel_per_token_trains_at_the_matching_stride(rows, tmp_path):
+    """`latent_patch_size=1` (an 8 px latent token, four times BAGEL's tokens per image) trains once the processor's
+    VAE stride is 8 px, and then overfits one batch as BAGEL's layout does; at the 16 px stride the collator's token
+    grid and the model's disagree, and the trainer refuses before training, naming both."""
+    single = rows.filter(lambda row: row["task"] == "tutorial").select([0])
+    single = single.map(lambda row: {**row, "step_texts": row["step_texts"][:1], "step_images": row["step_images"][:1]})
+    pipe = tiny_pipeline(seed=0, max_frames=8, latent_patch_size=1, max_latent_size=8)
+    with pytest.raises(ValueError, match=r"`vae_image_size` stride \(16 px\).*= 8\)"):
+        make_trainer(pipe, single, tmp_path)
+    vit_image_size = pipe.processor.image_processor.vit_image_size
+    pipe.processor.image_processor = LoomImageProcessor(vae_image_size=(64, 32, 8), vit_image_size=vit_image_size)
+    trainer = make_trainer(pipe, single, tmp_path, max_steps=40)
+    trainer.add_callback(_FixedNoise())
+    trainer.train()
+    mse = losses(trainer, "mse_loss")
+    assert mse[-1] < 0.5 * mse[0], mse
+    image = pipe(["Draw a red house"], task="image", num_inference_steps=2, height=64, width=64).images[0]
+    assert image.size == (64, 64)
 
 
 def test_joint_loss_weights_and_gradient_accumulation(pipe, rows, tmp_path):

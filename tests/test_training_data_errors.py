@@ -134,3 +134,17 @@ def test_a_dataset_of_only_bad_rows_says_so(pipe, rows):
     with pytest.warns(UserWarning, match="Skipping 2 of 2 rows"):
         with pytest.raises(ValueError, match="No usable training instance"):
             LoomTrainingDataset(rows.select([1, 2]), LoomDataCollator(pipe.processor), max_tokens=1024)
+
+
+def test_train_sft_refuses_a_latent_stride_the_model_does_not_use(saved_rows, tmp_path, monkeypatch):
+    """A pipeline whose model makes one token per latent pixel (8 px) beside a processor resizing to 16 px multiples:
+    `examples/train_sft.py` names the mismatch before it reads the dataset or caches a latent, and writes nothing."""
+    module = load_train_sft()
+    tiny_pipeline(seed=0, max_frames=8, latent_patch_size=1, max_latent_size=8).save_pretrained(tmp_path / "patch1")
+    argv = ["train_sft.py", "--model_name_or_path", str(tmp_path / "patch1"), "--dataset", saved_rows]
+    argv += ["--cache_latents", "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--use_cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(module, "load_dataset", lambda *args: pytest.fail("the dataset was read"))
+    with pytest.raises(ValueError, match=r"`vae_image_size` stride \(16 px\) must equal .* = 8\)"):
+        module.main()
+    assert not (tmp_path / "out").exists()

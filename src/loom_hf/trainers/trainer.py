@@ -14,16 +14,22 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
-from ..modeling import LoomForInterleavedGeneration, LoomOutput
+from ..modeling import LoomConfig, LoomForInterleavedGeneration, LoomOutput, LoomProcessor
 from ..modeling.history import HISTORY_MODES
 from ..modeling.latents import encode_latents, pack_latents
 from .argument_checks import check_training_numbers
 from .checkpoint import check_checkpoint
-from .collator import IGNORE_INDEX, TokenBudgetBatchSampler
+from .collator import IGNORE_INDEX, LoomDataCollator, TokenBudgetBatchSampler
 from .ema import EMA_FILE, EMACallback, load_ema_state, save_ema_state, trainable_names
 from .hub import loom_model_card
 
-__all__ = ["LoomTrainingArguments", "LoomTrainer", "EXPERT_CHOICES", "select_trainable_parameters"]
+__all__ = [
+    "LoomTrainingArguments",
+    "LoomTrainer",
+    "EXPERT_CHOICES",
+    "check_latent_stride",
+    "select_trainable_parameters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +109,19 @@ def select_trainable_parameters(model: LoomForInterleavedGeneration, experts: st
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def check_latent_stride(processor: LoomProcessor, config: LoomConfig) -> None:
+    """The collator lays out an image's latent tokens on the processor's VAE resize stride (`vae_image_size[2]`), the
+    model on its pixels per latent token (`vae_downsample` × `latent_patch_size`); raise a clear error when they
+    differ, before training starts (they would disagree on every image's token count)."""
+    stride, per_token = processor.image_processor.vae_image_size[2], config.latent_downsample
+    if stride != per_token:
+        raise ValueError(
+            f"The processor's `vae_image_size` stride ({stride} px) must equal the model's pixels per latent token "
+            f"(`vae_downsample` {config.vae_downsample} × `latent_patch_size` {config.latent_patch_size} = "
+            f"{per_token}); set `vae_image_size` to (max, min, {per_token})."
+        )
+
+
 class LoomTrainer(Trainer):
     """Trains Loom (or BAGEL) on packed interleaved batches.
 
@@ -126,6 +145,8 @@ class LoomTrainer(Trainer):
             raise TypeError("`args` must be LoomTrainingArguments.")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("The model has no trainable parameter.")
+        if isinstance(kwargs.get("data_collator"), LoomDataCollator):
+            check_latent_stride(kwargs["data_collator"].processor, model.config)
         super().__init__(model=model, args=args, **kwargs)
         self.vae = vae.eval().requires_grad_(False).to(self.args.device)
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
