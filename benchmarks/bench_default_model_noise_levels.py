@@ -1,9 +1,10 @@
 """Where along the noise range the embedded default model loses its frames.
 
-    python benchmarks/bench_default_model_noise_levels.py [--tutorials 12] [--sigmas 1.0 0.8 0.6 0.4 0.2]
+    python benchmarks/bench_default_model_noise_levels.py [--tutorials 12] [--sigmas 1.0 0.8 0.6 0.4 0.2] [--model M]
 
-Each held-out drawing tutorial (the rows `loom eval` scores, seeds as there) is rendered from its ground-truth plan,
-20 Euler steps, the model's own guidance, frame keeping off. For a noise level σ < 1, every frame's latents are
+`--model` is a pipeline folder trained on the procedural data (default: the embedded model). Each held-out drawing
+tutorial (the rows `loom eval` scores, seeds as there) is rendered from its ground-truth plan, 20 Euler steps, the
+model's own guidance, frame keeping off. For a noise level σ < 1, every frame's latents are
 replaced, at the Euler step where the schedule reaches σ, by the ground-truth frame's latents on the flow path,
 `(1 - σ) · x0 + σ · noise` (through `callback_on_step_end`); the model draws only the rest. σ = 1 is plain
 generation. Reported per σ: SSIM and PSNR of the frames against the ground truth, over all frames and over the first
@@ -63,8 +64,9 @@ def main() -> None:
     parser.add_argument("--tutorials", type=positive_int, default=12)
     parser.add_argument("--sigmas", type=noise_level, nargs="+", default=[1.0, 0.8, 0.6, 0.4, 0.2])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a saved pipeline folder (default: the embedded model)")
     args = parser.parse_args()
-    pipe = LoomInterleavedPipeline.from_pretrained(DEFAULT_MODEL, dtype=torch.float32)
+    pipe = LoomInterleavedPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.processor.image_processor.vae_image_size[0]
     rows = build_dataset(10 * args.tutorials, seed=0, size=size)["eval"]  # the first rows `loom eval` scores
