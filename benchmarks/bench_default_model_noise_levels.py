@@ -41,9 +41,10 @@ def ground_truth_latents(pipe: LoomInterleavedPipeline, frames) -> list[torch.Te
         return [encode_latents(pipe.vae, pipe.processor.image_processor.vae_pixel_values(frame)) for frame in frames]
 
 
-def replacing_at(step: int, targets: list[torch.Tensor], generator: torch.Generator):
+def replacing_at(step: int, targets: list[torch.Tensor], generator: torch.Generator, used: set[float]):
     """A `callback_on_step_end` that, in every frame, puts the latents on the flow path to that frame's target once
-    the schedule reaches its `step`-th sigma (the callback after step `step - 1` sets the next step's input)."""
+    the schedule reaches its `step`-th sigma (the callback after step `step - 1` sets the next step's input); the
+    sigma it replaced at goes into `used` (a model whose scheduler shifts its sigmas replaces at a shifted one)."""
     frame = {"index": -1}
 
     def callback(pipe, index, timestep, tensors):
@@ -51,6 +52,7 @@ def replacing_at(step: int, targets: list[torch.Tensor], generator: torch.Genera
             frame["index"] += 1
         if index == step - 1:
             sigma = float(pipe.scheduler.sigmas[step])
+            used.add(round(sigma, 3))
             target = targets[frame["index"]]
             noise = torch.randn(target.shape, generator=generator, dtype=target.dtype)
             tensors["latents"] = (1 - sigma) * target + sigma * noise
@@ -70,15 +72,17 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     size = pipe.processor.image_processor.vae_image_size[0]
     rows = build_dataset(10 * args.tutorials, seed=0, size=size)["eval"]  # the first rows `loom eval` scores
+    targets = [ground_truth_latents(pipe, rows[index]["step_images"]) for index in range(args.tutorials)]
     for sigma in args.sigmas:
-        step = round((1 - sigma) * STEPS)  # the schedule is linear: sigma_k = 1 - k / STEPS (shift 1.0)
+        step = round((1 - sigma) * STEPS)  # the unshifted schedule: sigma_k = 1 - k / STEPS
         scores = {"ssim": [], "psnr": [], "ssim_first_frame": [], "psnr_first_frame": []}
+        used: set[float] = set()
         for index in range(args.tutorials):
             row = rows[index]
             truth = row["step_images"]
             callback = None
             if step > 0:
-                callback = replacing_at(step, ground_truth_latents(pipe, truth), torch.Generator().manual_seed(index))
+                callback = replacing_at(step, targets[index], torch.Generator().manual_seed(index), used)
             out = pipe(
                 [row["instruction"]],
                 task="interleaved",
@@ -95,7 +99,9 @@ def main() -> None:
                     if position == 0:
                         scores[f"{name}_first_frame"].append(value)
         means = {name: round(statistics.fmean(values), 3) for name, values in scores.items()}
-        print(json.dumps({"sigma": sigma, "replaced_after_steps": step, "frames": len(scores["ssim"]), **means}))
+        replaced_at = sorted(used) or None  # None: plain generation
+        row = {"sigma": sigma, "replaced_at_sigma": replaced_at, "replaced_after_steps": step}
+        print(json.dumps({**row, "frames": len(scores["ssim"]), **means}))
 
 
 if __name__ == "__main__":
