@@ -108,6 +108,13 @@ def test_train_vae_rejects_channels_its_norm_cannot_split(capsys):
     assert "--block-out-channels" in capsys.readouterr().err
 
 
+def test_train_vae_rejects_a_latent_space_without_channels(capsys):
+    train_vae = load_train_vae_module()
+    with pytest.raises(SystemExit):
+        train_vae.parse_args(["--dataset", "d", "--output-dir", "o", "--latent-channels", "0"])
+    assert "--latent-channels must be at least 1; got 0" in capsys.readouterr().err
+
+
 def test_train_vae_end_to_end(dataset, tmp_path):
     dataset.save_to_disk(str(tmp_path / "data"))
     output_dir = tmp_path / "vae"

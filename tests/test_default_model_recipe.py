@@ -47,6 +47,8 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
         "8",
         "--held-out-rows",
         "4",
+        "--latent-channels",
+        "4",
         cwd=tmp_path,
     )
     run(
@@ -108,6 +110,7 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
     assert (index["default_guidance_scale"], index["default_image_guidance_scale"]) == (1.5, 1.25)
     config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
     assert config["dtype"] == "float32" and config["max_frames"] == 8  # loaded back in float32
+    assert config["latent_channels"] == 4  # the autoencoder's, through build_pipeline
     # float16 for size, except the modules the model keeps in float32 (latent heads, time embedder).
     kept = tuple(f"{module}." for module in LoomForInterleavedGeneration._keep_in_fp32_modules)
     with safe_open(tmp_path / "exported" / "model" / "model.safetensors", "pt") as weights:

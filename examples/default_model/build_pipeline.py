@@ -30,8 +30,10 @@ def build(data: str, vae: str, config_file: str | Path = CONFIG, vocab_size: int
     sizes = settings.pop("image_sizes")
     processor = LoomProcessor(LoomImageProcessor(sizes["vae"], sizes["vit"]), tokenizer)
     sampling_shift = settings.pop("sampling_shift")
+    autoencoder = AutoencoderKL.from_pretrained(vae)
     config = LoomConfig(
         **{**settings, "text_config": {**settings["text_config"], "vocab_size": len(tokenizer)}},
+        latent_channels=autoencoder.config.latent_channels,
         image_token_id=processor.image_token_id,
         vision_start_token_id=processor.vision_start_token_id,
         vision_end_token_id=processor.vision_end_token_id,
@@ -42,7 +44,6 @@ def build(data: str, vae: str, config_file: str | Path = CONFIG, vocab_size: int
     model.generation_config = GenerationConfig(
         bos_token_id=processor.bos_token_id, eos_token_id=processor.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    autoencoder = AutoencoderKL.from_pretrained(vae)
     return LoomInterleavedPipeline(model, autoencoder, FlowMatchEulerDiscreteScheduler(shift=sampling_shift), processor)
 
 

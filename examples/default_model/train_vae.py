@@ -3,11 +3,12 @@
     loom data synth --out runs/data --num-samples 7000 --seed 0
     python examples/default_model/train_vae.py --dataset runs/data --output-dir runs/vae --num-threads 1
 
-The autoencoder keeps the conventions the pipeline relies on: 16 latent channels, 8x downsampling (4 levels), no
-quant convs, and a `shift_factor`/`scaling_factor` pair that gives the latents zero mean and unit std. Images of
-all splits are used (the autoencoder never sees text); whole rows are held out, so that no frame of a held-out
-tutorial is seen in training, and the reconstruction PSNR is measured on them at the end. The output folder holds
-the `save_pretrained` autoencoder and `training_results.json`.
+The autoencoder keeps the conventions the pipeline relies on: 8x downsampling (4 levels), no quant convs, and a
+`shift_factor`/`scaling_factor` pair that gives the latents zero mean and unit std; its latent channels (16 by
+default, as BAGEL's) go into the model's `latent_channels`. Images of all splits are used (the autoencoder never
+sees text); whole rows are held out, so that no frame of a held-out tutorial is seen in training, and the
+reconstruction PSNR is measured on them at the end. The output folder holds the `save_pretrained` autoencoder and
+`training_results.json`.
 """
 
 import argparse
@@ -33,7 +34,6 @@ from loom_hf.trainers.schema import IMAGE_FIELDS
 
 logger = get_logger("train_vae")
 
-LATENT_CHANNELS = 16
 DOWNSAMPLING_LEVELS = 4
 
 
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="a `save_to_disk` folder in the Loom schema")
     parser.add_argument("--output-dir", required=True, help="where the autoencoder is saved")
+    parser.add_argument("--latent-channels", type=int, default=16, help="channels of the latent space (BAGEL's: 16)")
     parser.add_argument("--block-out-channels", type=int, nargs=DOWNSAMPLING_LEVELS, default=[16, 32, 64, 64])
     parser.add_argument("--layers-per-block", type=int, default=1, help="resnets per encoder level (decoder: +1)")
     parser.add_argument("--norm-num-groups", type=int, default=8, help="must divide every block's channels")
@@ -58,7 +59,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-threads", type=int, help="CPU threads of torch (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    counts = ("layers_per_block", "norm_num_groups", "max_steps", "batch_size", "held_out_rows", "eval_batch_size")
+    counts = (
+        "latent_channels",
+        "layers_per_block",
+        "norm_num_groups",
+        "max_steps",
+        "batch_size",
+        "held_out_rows",
+        "eval_batch_size",
+    )
     for name in (*counts, "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
@@ -124,7 +133,7 @@ def build_vae(args: argparse.Namespace) -> AutoencoderKL:
         up_block_types=["UpDecoderBlock2D"] * DOWNSAMPLING_LEVELS,
         block_out_channels=args.block_out_channels,
         layers_per_block=args.layers_per_block,
-        latent_channels=LATENT_CHANNELS,
+        latent_channels=args.latent_channels,
         norm_num_groups=args.norm_num_groups,
         use_quant_conv=False,
         use_post_quant_conv=False,
