@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.hooks import FasterCacheConfig, FirstBlockCacheConfig, TaylorSeerCacheConfig
 from PIL import Image
 
@@ -433,3 +434,16 @@ def test_a_batch_of_tutorials_takes_one_plan_per_request(framed_pipe):
         framed_pipe(requests, plan=[["Walls"]], **kwargs)
     with pytest.raises(ValueError, match=r"`plan\[1\]` must hold"):
         framed_pipe(requests, plan=[["Walls"], []], **kwargs)
+
+
+def test_a_stochastic_scheduler_draws_each_images_step_noise_from_its_own_generator(tiny_pipe, monkeypatch):
+    deterministic = tiny_pipe(["A red square."], generator=seeds(0), **IMAGE_ARGS).images[0]
+    stochastic = FlowMatchEulerDiscreteScheduler.from_config(tiny_pipe.scheduler.config, stochastic_sampling=True)
+    monkeypatch.setattr(tiny_pipe, "scheduler", stochastic)
+    requests = [["A red square."], ["A blue circle above a green line."], ["Draw a house"]]
+    assert_batch_matches_serial(tiny_pipe, requests, **IMAGE_ARGS)
+    first = tiny_pipe(["A red square."], generator=seeds(0), **IMAGE_ARGS).images[0]
+    torch.manual_seed(123)  # the global generator plays no part
+    again = tiny_pipe(["A red square."], generator=seeds(0), **IMAGE_ARGS).images[0]
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    assert not torch.allclose(first, deterministic, atol=1e-3)

@@ -526,6 +526,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(sigmas=sigmas, device=latents.device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        generators = [job.generator for job in jobs]
+        # A stochastic scheduler draws fresh noise every step: from each image's own generator, as its first noise.
+        step_generator = generators if all(generator is not None for generator in generators) else None
         keeping = settings.frame_keeping
         previous = self._previous_frames(jobs, noise) if keeping is not None else None
         kept = None
@@ -543,7 +546,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                         keeping.threshold,
                         patch_size=self.model.config.latent_patch_size,
                     )
-                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(velocity, t, latents, generator=step_generator, return_dict=False)[0]
                 if kept is not None:
                     next_sigma = float(self.scheduler.sigmas[i + 1])
                     latents = follow_kept_tokens(latents, previous.latents, noise, mask=kept, sigma=next_sigma)
