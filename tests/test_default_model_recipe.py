@@ -104,10 +104,13 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
         "1.5",
         "--image-guidance-scale",
         "1.25",
+        "--stochastic-sampling",
         cwd=tmp_path,
     )
     index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
     assert (index["default_guidance_scale"], index["default_image_guidance_scale"]) == (1.5, 1.25)
+    scheduler = json.loads((tmp_path / "exported" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["stochastic_sampling"] is True
     config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
     assert config["dtype"] == "float32" and config["max_frames"] == 8  # loaded back in float32
     assert config["latent_channels"] == 4  # the autoencoder's, through build_pipeline

@@ -1,12 +1,15 @@
 """Store a trained pipeline as the package's embedded default model (`loom_hf.DEFAULT_MODEL`).
 
     python examples/default_model/export_default_model.py --pipeline runs/stage2/pipeline \
-        [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0] [--frame-keep-threshold 0.4]
+        [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0] [--frame-keep-threshold 0.4] \
+        [--stochastic-sampling]
 
 Weights are stored in float16 (loaded back in float32), the folder is written next to the destination and
 renamed into place, and its size is checked against the package budget. `--model` swaps in another trained model
 folder of the same pipeline (the trainer's EMA weights, for instance), and the guidance and frame-keeping options
-set what every call uses when it names none (saved in `model_index.json`).
+set what every call uses when it names none (saved in `model_index.json`). `--stochastic-sampling` switches on the
+Euler scheduler's `stochastic_sampling` (diffusers' option: each step goes to the model's clean estimate and draws
+fresh noise, instead of stepping along the velocity), saved in the scheduler's config.
 """
 
 import argparse
@@ -31,9 +34,11 @@ def export(
     guidance_scale: float | None = None,
     image_guidance_scale: float | None = None,
     frame_keep_threshold: float | None = None,
+    stochastic_sampling: bool | None = None,
 ) -> float:
-    """Write `pipeline` (with the model folder `model` instead of its own, when given, and its default guidance
-    and frame keeping replaced by the given values) in float16 to `destination`; returns its size in MB."""
+    """Write `pipeline` (with the model folder `model` instead of its own, when given, and its default guidance,
+    frame keeping and scheduler sampling replaced by the given values) in float16 to `destination`; returns its size
+    in MB."""
     for name, value in (
         ("guidance_scale", guidance_scale),
         ("image_guidance_scale", image_guidance_scale),
@@ -51,6 +56,10 @@ def export(
         "default_frame_keep_threshold": frame_keep_threshold,
     }
     pipe.register_to_config(**{name: value for name, value in defaults.items() if value is not None})
+    if stochastic_sampling is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(
+            pipe.scheduler.config, stochastic_sampling=stochastic_sampling
+        )
     with written_atomically(destination) as staging:
         pipe.save_pretrained(staging)
         staging.chmod(0o755)  # mkdtemp creates the folder private; the package's files are world-readable
@@ -71,6 +80,11 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, help="the default text guidance of the shipped pipeline")
     parser.add_argument("--image-guidance-scale", type=float, help="the default image guidance of the shipped pipeline")
     parser.add_argument("--frame-keep-threshold", type=float, help="the default frame keeping of the shipped pipeline")
+    parser.add_argument(
+        "--stochastic-sampling",
+        action=argparse.BooleanOptionalAction,
+        help="the shipped scheduler's stochastic sampling (default: the pipeline's)",
+    )
     args = parser.parse_args()
     size = export(
         args.pipeline,
@@ -79,6 +93,7 @@ def main() -> None:
         guidance_scale=args.guidance_scale,
         image_guidance_scale=args.image_guidance_scale,
         frame_keep_threshold=args.frame_keep_threshold,
+        stochastic_sampling=args.stochastic_sampling,
     )
     print(f"Wrote {args.output} ({size:.1f} MB)")
 
