@@ -24,8 +24,9 @@ def load_pipe(**kwargs) -> LoomInterleavedPipeline:
 
 def image_and_answer(pipe: LoomInterleavedPipeline) -> tuple[torch.Tensor, list[str]]:
     noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    image = pipe(["A red square."], num_inference_steps=3, latents=noise, output_type="latent").images[0]
-    return image, pipe(["Draw a red house"], task="text", max_new_tokens=12).texts
+    generator = torch.Generator().manual_seed(1)  # the model's scheduler samples stochastically: each step's noise
+    image = pipe(["A red square."], num_inference_steps=3, latents=noise, generator=generator, output_type="latent")
+    return image.images[0], pipe(["Draw a red house"], task="text", max_new_tokens=12).texts
 
 
 def tutorial(pipe: LoomInterleavedPipeline) -> list[torch.Tensor]:
