@@ -366,6 +366,9 @@ def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path, capsys
         "image_guidance_scale": 2.0,
         "frame_keep_threshold": None,
     }
+    scheduler = report["settings"]["scheduler"]  # the sampler that ran, from the pipeline's scheduler
+    assert scheduler["class"] == "FlowMatchEulerDiscreteScheduler" and scheduler["stochastic_sampling"] is False
+    assert scheduler["shift"] == random_pipe.scheduler.config.shift
     json.dumps(report, allow_nan=False)
 
     gt_plan = report["gt_plan"]

@@ -184,6 +184,12 @@ def _as_json_setting(value: Any) -> Any:
     return value
 
 
+def _scheduler_settings(scheduler) -> dict:
+    """The sampler that ran: the scheduler's class and public config (its `stochastic_sampling`, `shift`, ...)."""
+    config = {name: _as_json_setting(value) for name, value in scheduler.config.items() if not name.startswith("_")}
+    return {"class": type(scheduler).__name__, **config}
+
+
 def evaluate_tutorials(
     pipe: LoomInterleavedPipeline,
     dataset: datasets.Dataset | Sequence[Mapping[str, Any]],
@@ -282,6 +288,7 @@ def evaluate_tutorials(
         "judge": type(judge).__name__ if judge is not None else None,
         "pipeline_kwargs": {name: _as_json_setting(value) for name, value in pipeline_kwargs.items()},
         "resolved_defaults": {name: _as_json_setting(value) for name, value in resolved.items()},
+        "scheduler": _scheduler_settings(pipe.scheduler),
     }
     return {
         "num_samples": len(samples),
