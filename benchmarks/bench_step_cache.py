@@ -1,11 +1,14 @@
 """Denoising-step caching on the embedded default model: speed and frame similarity against the uncached tutorial.
 
-    python benchmarks/bench_step_cache.py [--steps 40] [--repeats 2] [--threads 2]
+    python benchmarks/bench_step_cache.py [--steps 40] [--repeats 2] [--threads 2] [--stochastic-sampling]
 
 Each setting renders the same tutorial as `loom generate "Draw a red house"` (the model writes its plan, then the
-frames; seed 0, text guidance 4.0, image guidance 2.0) at `--steps` Euler steps per frame. Runs alternate with the
-uncached one in one process; the speedup is the median over repeats of (uncached time / cached time) for the whole
-call, planning included. SSIM compares each frame with the uncached frame of the same step (mean and minimum).
+frames; seed 0, the model's own guidance and frame keeping) at `--steps` Euler steps per frame, with the flow Euler
+ODE unless `--stochastic-sampling` (the embedded model's own sampler) is given: a step cache reuses or extrapolates
+the decoder's features from step to step, which a sampler that draws fresh noise at every step breaks. Runs
+alternate with the uncached one in one process; the speedup is the median over repeats of (uncached time / cached
+time) for the whole call, planning included. SSIM compares each frame with the uncached frame of the same step (mean
+and minimum).
 """
 
 import argparse
@@ -14,6 +17,7 @@ import statistics
 import time
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
 from loom_hf import DEFAULT_MODEL, LoomInterleavedPipeline
@@ -46,9 +50,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt", default="Draw a red house")
+    parser.add_argument("--stochastic-sampling", action="store_true", help="the embedded model's own sampler")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = LoomInterleavedPipeline.from_pretrained(DEFAULT_MODEL, dtype=torch.float32)
+    sampler = {"stochastic_sampling": args.stochastic_sampling}
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **sampler)
     pipe.set_progress_bar_config(disable=True)
 
     def tutorial():
@@ -62,7 +69,7 @@ def main() -> None:
         return time.perf_counter() - start, output
 
     _, reference = tutorial()
-    print(json.dumps({"plan": reference.plan, "frames": len(reference.images), "steps": args.steps}))
+    print(json.dumps({"plan": reference.plan, "frames": len(reference.images), "steps": args.steps, **sampler}))
     rows = []
     for name, config in SETTINGS.items():
         uncached_times, cached_times = [], []

@@ -11,13 +11,14 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, EulerDiscreteScheduler
 
 from loom_hf.data import build_dataset
 from loom_hf.data.tokenizer import CONTROL_TOKENS, caption_texts, train_caption_tokenizer
 from loom_hf.modeling import LoomImageProcessor, LoomProcessor
 from loom_hf.modeling.processing_loom import ENTITY_TOKENS
 from loom_hf.planning import format_plan, plan_instruction
+from loom_hf.tiny import tiny_pipeline
 
 TRAIN_VAE = Path(__file__).parents[1] / "examples" / "default_model" / "train_vae.py"
 
@@ -172,3 +173,15 @@ def test_ablation_table_has_one_row_per_report_and_marks_missing_values():
     lines = module.table({"full": report, "no_history": report}).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| full | 85% | 0.500 | 20.00 | 0.800 | 0.900 | n/a |")
     assert lines[3].startswith("| no_history |")
+
+
+def test_export_refuses_stochastic_sampling_for_a_scheduler_without_it(tmp_path):
+    spec = importlib.util.spec_from_file_location("export_default_model", TRAIN_VAE.parent / "export_default_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pipe = tiny_pipeline(seed=0)
+    pipe.scheduler = EulerDiscreteScheduler()
+    pipe.save_pretrained(tmp_path / "pipeline")
+    with pytest.raises(ValueError, match="stochastic_sampling: the pipeline's EulerDiscreteScheduler has no such"):
+        module.export(str(tmp_path / "pipeline"), tmp_path / "exported", stochastic_sampling=True)
+    assert not (tmp_path / "exported").exists() and sorted(path.name for path in tmp_path.iterdir()) == ["pipeline"]

@@ -24,7 +24,7 @@ def load_pipe(**kwargs) -> LoomInterleavedPipeline:
 
 def image_and_answer(pipe: LoomInterleavedPipeline) -> tuple[torch.Tensor, list[str]]:
     noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    generator = torch.Generator().manual_seed(1)  # the model's scheduler samples stochastically: each step's noise
+    generator = torch.Generator().manual_seed(1)  # the model's scheduler samples stochastically: step noise from it
     image = pipe(["A red square."], num_inference_steps=3, latents=noise, generator=generator, output_type="latent")
     return image.images[0], pipe(["Draw a red house"], task="text", max_new_tokens=12).texts
 

@@ -55,6 +55,9 @@ def export(
         "default_image_guidance_scale": image_guidance_scale,
         "default_frame_keep_threshold": frame_keep_threshold,
     }
+    if stochastic_sampling is not None and "stochastic_sampling" not in pipe.scheduler.config:
+        name = type(pipe.scheduler).__name__
+        raise ValueError(f"stochastic_sampling: the pipeline's {name} has no such option (a flow Euler scheduler has).")
     pipe.register_to_config(**{name: value for name, value in defaults.items() if value is not None})
     if stochastic_sampling is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(

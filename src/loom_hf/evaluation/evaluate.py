@@ -19,6 +19,7 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
+from diffusers import SchedulerMixin
 from huggingface_hub.utils import tqdm
 
 from ..data import rle_to_mask
@@ -184,7 +185,7 @@ def _as_json_setting(value: Any) -> Any:
     return value
 
 
-def _scheduler_settings(scheduler) -> dict:
+def _scheduler_settings(scheduler: SchedulerMixin) -> dict:
     """The sampler that ran: the scheduler's class and public config (its `stochastic_sampling`, `shift`, ...)."""
     config = {name: _as_json_setting(value) for name, value in scheduler.config.items() if not name.startswith("_")}
     return {"class": type(scheduler).__name__, **config}
