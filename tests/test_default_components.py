@@ -185,3 +185,13 @@ def test_export_refuses_stochastic_sampling_for_a_scheduler_without_it(tmp_path)
     with pytest.raises(ValueError, match="stochastic_sampling: the pipeline's EulerDiscreteScheduler has no such"):
         module.export(str(tmp_path / "pipeline"), tmp_path / "exported", stochastic_sampling=True)
     assert not (tmp_path / "exported").exists() and sorted(path.name for path in tmp_path.iterdir()) == ["pipeline"]
+
+
+@pytest.mark.parametrize("steps", [0, 1.5])
+def test_export_refuses_a_bad_default_step_count_before_loading_anything(tmp_path, steps):
+    spec = importlib.util.spec_from_file_location("export_default_model", TRAIN_VAE.parent / "export_default_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an integer >= 1"):
+        module.export(str(tmp_path / "no-such-pipeline"), tmp_path / "exported", num_inference_steps=steps)
+    assert list(tmp_path.iterdir()) == []

@@ -105,10 +105,13 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
         "--image-guidance-scale",
         "1.25",
         "--stochastic-sampling",
+        "--num-inference-steps",
+        "2",
         cwd=tmp_path,
     )
     index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
     assert (index["default_guidance_scale"], index["default_image_guidance_scale"]) == (1.5, 1.25)
+    assert index["default_num_inference_steps"] == 2  # what `loom generate` below runs, naming no --steps
     scheduler = json.loads((tmp_path / "exported" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["stochastic_sampling"] is True
     config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
@@ -133,8 +136,6 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
         "Draw the walls",
         "--plan-step",
         "Add a roof",
-        "--steps",
-        "2",
         cwd=tmp_path,
     )
     assert "Step 2: Add a roof" in output

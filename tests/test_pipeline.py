@@ -245,3 +245,29 @@ def test_default_guidance_comes_from_the_pipeline_config(step_rows, tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     reloaded = LoomInterleavedPipeline.from_pretrained(tmp_path / "saved")
     assert (reloaded.config.default_guidance_scale, reloaded.config.default_image_guidance_scale) == (1.0, 1.0)
+
+
+def test_default_euler_steps_come_from_the_pipeline_config(tiny_pipe, tmp_path):
+    """A call that names no `num_inference_steps` runs the pipeline's saved `default_num_inference_steps`."""
+    steps = []
+
+    def count(pipe, step, timestep, tensors):
+        steps.append(step)
+        return tensors
+
+    tiny_pipe.register_to_config(default_num_inference_steps=3)
+    tiny_pipe(PROMPT, height=32, width=32, callback_on_step_end=count)
+    assert steps == [0, 1, 2]
+    steps.clear()
+    tiny_pipe(PROMPT, height=32, width=32, num_inference_steps=1, callback_on_step_end=count)
+    assert steps == [0]  # the call's own count wins
+    tiny_pipe.save_pretrained(tmp_path / "saved")
+    reloaded = LoomInterleavedPipeline.from_pretrained(tmp_path / "saved")
+    assert reloaded.config.default_num_inference_steps == 3
+    assert reloaded.resolved_defaults("image")["num_inference_steps"] == 3
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.5, True, float("nan")])
+def test_a_bad_default_step_count_is_refused_when_the_pipeline_is_built(tiny_pipe, value):
+    with pytest.raises(ValueError, match="`default_num_inference_steps` must be an integer >= 1"):
+        LoomInterleavedPipeline(**tiny_pipe.components, default_num_inference_steps=value)

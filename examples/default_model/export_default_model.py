@@ -2,14 +2,15 @@
 
     python examples/default_model/export_default_model.py --pipeline runs/stage2/pipeline \
         [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0] [--frame-keep-threshold 0.4] \
-        [--stochastic-sampling]
+        [--stochastic-sampling] [--num-inference-steps 10]
 
 Weights are stored in float16 (loaded back in float32), the folder is written next to the destination and
 renamed into place, and its size is checked against the package budget. `--model` swaps in another trained model
 folder of the same pipeline (the trainer's EMA weights, for instance), and the guidance and frame-keeping options
 set what every call uses when it names none (saved in `model_index.json`). `--stochastic-sampling` switches on the
 Euler scheduler's `stochastic_sampling` (diffusers' option: each step goes to the model's clean estimate and draws
-fresh noise, instead of stepping along the velocity), saved in the scheduler's config.
+fresh noise, instead of stepping along the velocity), saved in the scheduler's config, and `--num-inference-steps`
+the Euler steps per image a call uses when it names none.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import torch
 
 import loom_hf
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
-from loom_hf.number_checks import check_number
+from loom_hf.number_checks import check_integer, check_number
 from loom_hf.utils import written_atomically
 
 BUDGET_MB = 25
@@ -35,16 +36,18 @@ def export(
     image_guidance_scale: float | None = None,
     frame_keep_threshold: float | None = None,
     stochastic_sampling: bool | None = None,
+    num_inference_steps: int | None = None,
 ) -> float:
     """Write `pipeline` (with the model folder `model` instead of its own, when given, and its default guidance,
-    frame keeping and scheduler sampling replaced by the given values) in float16 to `destination`; returns its size
-    in MB."""
+    frame keeping, Euler steps and scheduler sampling replaced by the given values) in float16 to `destination`;
+    returns its size in MB."""
     for name, value in (
         ("guidance_scale", guidance_scale),
         ("image_guidance_scale", image_guidance_scale),
         ("frame_keep_threshold", frame_keep_threshold),
     ):
         check_number(name, value, minimum=0.0, optional=True)  # before anything is loaded or written
+    check_integer("num_inference_steps", num_inference_steps, minimum=1, optional=True)
     destination = Path(destination)
     components = {}
     if model is not None:
@@ -54,6 +57,7 @@ def export(
         "default_guidance_scale": guidance_scale,
         "default_image_guidance_scale": image_guidance_scale,
         "default_frame_keep_threshold": frame_keep_threshold,
+        "default_num_inference_steps": num_inference_steps,
     }
     if stochastic_sampling is not None and "stochastic_sampling" not in pipe.scheduler.config:
         name = type(pipe.scheduler).__name__
@@ -84,6 +88,9 @@ def main() -> None:
     parser.add_argument("--image-guidance-scale", type=float, help="the default image guidance of the shipped pipeline")
     parser.add_argument("--frame-keep-threshold", type=float, help="the default frame keeping of the shipped pipeline")
     parser.add_argument(
+        "--num-inference-steps", type=int, help="the default Euler steps per image of the shipped pipeline"
+    )
+    parser.add_argument(
         "--stochastic-sampling",
         action=argparse.BooleanOptionalAction,
         help="the shipped scheduler's stochastic sampling (default: the pipeline's)",
@@ -97,6 +104,7 @@ def main() -> None:
         image_guidance_scale=args.image_guidance_scale,
         frame_keep_threshold=args.frame_keep_threshold,
         stochastic_sampling=args.stochastic_sampling,
+        num_inference_steps=args.num_inference_steps,
     )
     print(f"Wrote {args.output} ({size:.1f} MB)")
 

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--image", action="append", default=[], help="input image(s), read before the prompt")
     tutorial.add_argument("--num-steps", type=positive_int, help="at most this many steps (default: the model decides)")
     tutorial.add_argument("--plan-step", action="append", default=[], help="render this plan instead (repeat per step)")
-    tutorial.add_argument("--steps", type=positive_int, default=20, help="denoising steps per frame (default 20)")
+    tutorial.add_argument("--steps", type=positive_int, help="denoising steps per frame (default: the model's)")
     tutorial.add_argument("--guidance-scale", type=finite_float, help="text guidance scale (default: the model's)")
     tutorial.add_argument(
         "--image-guidance-scale", type=finite_float, help="image guidance scale (default: the model's)"

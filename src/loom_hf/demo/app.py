@@ -64,6 +64,7 @@ class LoomDemo:
         self.model_name = model_name
         self.entity_tokens = pipe.processor.tokenizer.convert_ids_to_tokens(pipe.model.config.entity_token_ids)
         self.guidance = (pipe.config.default_guidance_scale, pipe.config.default_image_guidance_scale)
+        self.denoising_steps = pipe.config.default_num_inference_steps
 
     def tutorial(
         self,
@@ -217,10 +218,17 @@ class LoomDemo:
         gr.on([run.click, question.submit], self.ask, [question, images], answer, concurrency_id=CONCURRENCY_ID)
 
     def _settings(self, tab: str) -> list[gr.components.Component]:
-        """Denoising steps, text and image guidance (starting at the model's defaults), seed: the controls every
+        """Denoising steps, text and image guidance (all starting at the model's defaults), seed: the controls every
         drawing tab shares."""
         with gr.Accordion("Settings", open=False, elem_id=f"{tab}-settings"):
-            denoising_steps = gr.Slider(1, 50, value=20, step=1, label="Denoising steps", elem_id=f"{tab}-denoise")
+            denoising_steps = gr.Slider(
+                1,
+                max(50, self.denoising_steps),
+                value=self.denoising_steps,
+                step=1,
+                label="Denoising steps",
+                elem_id=f"{tab}-denoise",
+            )
             guidance = gr.Slider(
                 0, 10, value=self.guidance[0], step=0.5, label="Text guidance", elem_id=f"{tab}-guidance"
             )

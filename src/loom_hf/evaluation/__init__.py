@@ -1,6 +1,6 @@
 """Evaluation of Loom tutorials: image and plan metrics, the paper's judge protocol, and the `loom eval` runner."""
 
-from .evaluate import DEFAULT_NUM_INFERENCE_STEPS, add_eval_arguments, evaluate_tutorials, run_eval
+from .evaluate import add_eval_arguments, evaluate_tutorials, run_eval
 from .judge import (
     JUDGE_PROMPT,
     JUDGE_RESPONSE_FORMAT,
@@ -24,7 +24,6 @@ from .metrics import (
 )
 
 __all__ = [
-    "DEFAULT_NUM_INFERENCE_STEPS",
     "add_eval_arguments",
     "evaluate_tutorials",
     "run_eval",

@@ -37,11 +37,10 @@ from ..utils import (
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge
 from .metrics import plan_exact_match, psnr, ssim, step_fidelity, temporal_coherence
 
-__all__ = ["DEFAULT_NUM_INFERENCE_STEPS", "drawing_annotations", "evaluate_tutorials", "add_eval_arguments", "run_eval"]
+__all__ = ["drawing_annotations", "evaluate_tutorials", "add_eval_arguments", "run_eval"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NUM_INFERENCE_STEPS = 20
 # Pipeline arguments the evaluation sets itself, per generation.
 RESERVED_PIPELINE_ARGUMENTS = (
     "inputs",
@@ -196,7 +195,7 @@ def evaluate_tutorials(
     dataset: datasets.Dataset | Sequence[Mapping[str, Any]],
     num_samples: int | None = None,
     seed: int = 0,
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    num_inference_steps: int | None = None,
     judge: Judge | None = None,
     output_dir: str | os.PathLike | None = None,
     progress: bool = False,
@@ -219,7 +218,7 @@ def evaluate_tutorials(
         dataset: rows of the Loom schema (`LOOM_FEATURES`); rows of other tasks are skipped.
         num_samples: evaluate the first this many tutorial rows (default: all).
         seed: seed of the first sample.
-        num_inference_steps: denoising steps per frame.
+        num_inference_steps: denoising steps per frame (default: the pipeline's `default_num_inference_steps`).
         judge: a [`Judge`] that also scores every generated tutorial; its mean scores join the report.
         output_dir: save each tutorial (`LoomPipelineOutput.save`) to `{output_dir}/{position:04d}/{gt_plan,own_plan}`.
         progress: show a progress bar over the tutorials.
@@ -282,10 +281,11 @@ def evaluate_tutorials(
         guidance_scale=pipeline_kwargs.get("guidance_scale"),
         image_guidance_scale=pipeline_kwargs.get("image_guidance_scale"),
         frame_keep_threshold=pipeline_kwargs.get("frame_keep_threshold"),
+        num_inference_steps=num_inference_steps,
     )
     settings = {
         "seed": seed,
-        "num_inference_steps": num_inference_steps,
+        "num_inference_steps": resolved.pop("num_inference_steps"),
         "judge": type(judge).__name__ if judge is not None else None,
         "pipeline_kwargs": {name: _as_json_setting(value) for name, value in pipeline_kwargs.items()},
         "resolved_defaults": {name: _as_json_setting(value) for name, value in resolved.items()},
@@ -306,12 +306,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--data", required=True, help="dataset folder written by save_to_disk (e.g. loom data synth)")
     parser.add_argument("--split", default="eval", help="split of a DatasetDict folder (default eval)")
     parser.add_argument("--num-samples", type=positive_int, default=None, help="evaluate the first N tutorials (all)")
-    parser.add_argument(
-        "--steps",
-        type=positive_int,
-        default=DEFAULT_NUM_INFERENCE_STEPS,
-        help=f"denoising steps per frame (default {DEFAULT_NUM_INFERENCE_STEPS})",
-    )
+    parser.add_argument("--steps", type=positive_int, help="denoising steps per frame (default: the model's)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first sample; sample i: seed + i")
     parser.add_argument("--max-new-tokens", type=positive_int, default=500, help="longest plan the model may write")
     parser.add_argument("--guidance-scale", type=finite_float, help="text guidance scale (default: the model's)")

@@ -193,6 +193,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             with the pipeline (`model_index.json`): BAGEL's 4.0 / 2.0 unless a checkpoint was tuned otherwise.
         default_frame_keep_threshold: the `frame_keep_threshold` of a tutorial call that names none, saved likewise
             (`None`: frame keeping off, as for BAGEL).
+        default_num_inference_steps: the Euler steps per image of a call that names none, saved likewise (50, the
+            official code's `num_timesteps` less one, unless a checkpoint samples as well in fewer).
     """
 
     # The VAE (under 1 % of BAGEL) stays on the accelerator: with "model->vae" every decoded frame of a tutorial would
@@ -210,13 +212,16 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         default_guidance_scale: float = 4.0,
         default_image_guidance_scale: float = 2.0,
         default_frame_keep_threshold: float | None = None,
+        default_num_inference_steps: int = 50,
     ):
         super().__init__()
+        check_integer("default_num_inference_steps", default_num_inference_steps, minimum=1)
         self.register_modules(model=model, vae=vae, scheduler=scheduler, processor=processor)
         self.register_to_config(
             default_guidance_scale=default_guidance_scale,
             default_image_guidance_scale=default_image_guidance_scale,
             default_frame_keep_threshold=default_frame_keep_threshold,
+            default_num_inference_steps=default_num_inference_steps,
         )
         self.image_processor = LoomVaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
@@ -815,9 +820,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
         frame_keep_threshold: float | None = None,
-    ) -> dict[str, float | None]:
-        """The guidance scales and frame keeping a call of `task` runs with: each value given, or the pipeline's saved
-        `default_*` where it is `None` (frame keeping only for `interleaved`)."""
+        num_inference_steps: int | None = None,
+    ) -> dict[str, float | int | None]:
+        """The guidance scales, frame keeping and Euler steps a call of `task` runs with: each value given, or the
+        pipeline's saved `default_*` where it is `None` (frame keeping only for `interleaved`)."""
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
         if image_guidance_scale is None:
@@ -828,6 +836,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             "guidance_scale": guidance_scale,
             "image_guidance_scale": image_guidance_scale,
             "frame_keep_threshold": frame_keep_threshold,
+            "num_inference_steps": num_inference_steps,
         }
 
     def check_inputs(
@@ -1092,7 +1101,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         use_step_text: bool = True,
         frame_keep_threshold: float | None = None,
         frame_keep_at: float = 0.3,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
@@ -1144,7 +1153,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 leaves within this mean absolute difference (and that no changing token touches). 0 turns it off.
                 Default: the pipeline's `default_frame_keep_threshold` (off for BAGEL).
             frame_keep_at: the share of the Euler steps after which a frame decides what it keeps, in [0, 1].
-            num_inference_steps: Euler steps per image (the official code's `num_timesteps` is this + 1).
+            num_inference_steps: Euler steps per image (the official code's `num_timesteps` is this + 1). Default: the
+                pipeline's `default_num_inference_steps` (50 for BAGEL).
             guidance_scale: text guidance (official `cfg_text_scale`); guidance is off at 1 or less. Default: the
                 pipeline's `default_guidance_scale` (4.0 for BAGEL).
             image_guidance_scale: image guidance (official `cfg_img_scale`), applied only with text guidance on.
@@ -1180,11 +1190,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """
         with self._call_lock:
             # 1. Check inputs; nothing runs before every argument is known to be valid
-            guidance_scale, image_guidance_scale, frame_keep_threshold = self.resolved_defaults(
+            guidance_scale, image_guidance_scale, frame_keep_threshold, num_inference_steps = self.resolved_defaults(
                 task,
                 guidance_scale=guidance_scale,
                 image_guidance_scale=image_guidance_scale,
                 frame_keep_threshold=frame_keep_threshold,
+                num_inference_steps=num_inference_steps,
             ).values()
             guidance = GuidanceConfig(
                 guidance_scale,
