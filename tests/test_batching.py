@@ -1,6 +1,7 @@
 """Batched requests: a batch gives what its requests give one at a time; guidance branches run as rows of one
 forward; text decodes on transformers' generation stack; step caching; thread safety; the batch argument checks."""
 
+import logging
 import threading
 
 import numpy as np
@@ -229,6 +230,20 @@ def test_step_cache_changes_steps_and_disabling_restores_the_uncached_output(tin
     assert not any(
         hasattr(module, "_diffusers_hook") and module._diffusers_hook.hooks for module in tiny_pipe.model.modules()
     )
+
+
+def test_a_step_cache_under_a_stochastic_scheduler_is_warned_about(tiny_pipe, caplog):
+    kwargs = {"num_inference_steps": 2, "output_type": "latent", "height": 32, "width": 32}
+    tiny_pipe.model.enable_cache(TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1))
+    with caplog.at_level(logging.WARNING, logger="loom_hf.pipelines.pipeline_loom"):
+        tiny_pipe(["A red square."], **kwargs)
+        assert "stochastic_sampling" not in caplog.text  # the ODE scheduler: caching fits
+        tiny_pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            tiny_pipe.scheduler.config, stochastic_sampling=True
+        )
+        tiny_pipe(["A red square."], generator=seeds(0), **kwargs)
+    tiny_pipe.model.disable_cache()
+    assert "A step cache is enabled while the scheduler draws fresh noise" in caplog.text
 
 
 def test_taylorseer_skips_the_decoder_layers_on_predicted_steps(tiny_pipe, monkeypatch):

@@ -1237,6 +1237,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             )
             if task != "text" and guidance_scale <= 1.0 < image_guidance_scale:
                 logger.warning("`image_guidance_scale` is ignored unless `guidance_scale` > 1 (BAGEL's guidance rule).")
+            if task != "text" and self.model.is_cache_enabled and self.scheduler.config.get("stochastic_sampling"):
+                logger.warning(
+                    "A step cache is enabled while the scheduler draws fresh noise every step (`stochastic_sampling`):"
+                    " cached features then go stale and frames drift from the uncached ones (SSIM 0.55-0.65 in"
+                    " benchmarks/bench_step_cache.py). Load the scheduler with `stochastic_sampling=False` to cache."
+                )
 
             # 2. Define call parameters
             self._guidance_scale = guidance_scale
