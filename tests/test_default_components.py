@@ -195,3 +195,32 @@ def test_export_refuses_a_bad_default_step_count_before_loading_anything(tmp_pat
     with pytest.raises(ValueError, match="`num_inference_steps` must be an integer >= 1"):
         module.export(str(tmp_path / "no-such-pipeline"), tmp_path / "exported", num_inference_steps=steps)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("experts", ["all", "generation"])
+def test_eval_checkpoints_copies_in_the_ema_weights_the_run_kept(tmp_path, experts):
+    """A checkpoint's EMA file holds the weights its run trained (only the generation side under `--train_experts
+    generation`); those, and no others, replace the model's."""
+    from diffusers.training_utils import EMAModel
+
+    from loom_hf.trainers.ema import EMA_FILE, save_ema_state, trainable_names
+    from loom_hf.trainers.trainer import select_trainable_parameters
+
+    spec = importlib.util.spec_from_file_location("eval_checkpoints", TRAIN_VAE.parent / "eval_checkpoints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trained = tiny_pipeline(seed=0).model
+    select_trainable_parameters(trained, experts)
+    names = trainable_names(trained)
+    ema = EMAModel([p for p in trained.parameters() if p.requires_grad])
+    for shadow in ema.shadow_params:
+        shadow.data.add_(1.0)  # shadows that differ from the live weights
+    save_ema_state(ema, names, tmp_path / EMA_FILE)
+
+    model = tiny_pipeline(seed=0).model  # freshly loaded: every parameter trainable
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    module.with_ema_weights(model, tmp_path)
+    for name, parameter in model.named_parameters():
+        expected = before[name] + 1.0 if name in names else before[name]
+        torch.testing.assert_close(parameter.detach(), expected, msg=name)
+    assert experts == "all" or len(names) < len(before)

@@ -20,20 +20,26 @@ from pathlib import Path
 import datasets
 import torch
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
 
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
 from loom_hf.evaluation.evaluate import evaluate_tutorials
-from loom_hf.trainers.ema import EMA_FILE, load_ema_state, trainable_names
+from loom_hf.trainers.ema import EMA_FILE, load_ema_state
 from loom_hf.utils import finite_float, non_negative_float, positive_int
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def with_ema_weights(model: LoomForInterleavedGeneration, checkpoint: Path) -> LoomForInterleavedGeneration:
-    """`model` with the EMA shadow weights of `checkpoint` copied in."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    """`model` with the EMA shadow weights of `checkpoint` copied in: those of the parameters the run trained, which
+    the file names (all of them, or only the generation side of a `--train_experts generation` run)."""
+    with safe_open(str(checkpoint / EMA_FILE), framework="pt") as saved:
+        averaged = set(saved.keys())
+    names = [name for name, _ in model.named_parameters() if name in averaged]
+    by_name = dict(model.named_parameters())
+    parameters = [by_name[name] for name in names]
     ema = EMAModel(parameters)
-    load_ema_state(ema, trainable_names(model), checkpoint / EMA_FILE)
+    load_ema_state(ema, names, checkpoint / EMA_FILE)
     ema.copy_to(parameters)
     return model
 
