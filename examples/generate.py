@@ -15,6 +15,7 @@ from PIL import Image
 
 from loom_hf import DEFAULT_MODEL, ImageSegment, LoomInterleavedPipeline
 from loom_hf.tiny import tiny_pipeline
+from loom_hf.utils import finite_float, positive_int
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,9 +29,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image", action="append", default=[], help="input image(s), read before the prompt")
     parser.add_argument("--task", choices=["image", "text"], default="image")
     parser.add_argument("--think", action="store_true", help="write a plan before the image")
-    parser.add_argument("--steps", type=int, default=30, help="Euler steps")
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--image-guidance-scale", type=float, default=2.0)
+    parser.add_argument("--steps", type=positive_int, help="Euler steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=finite_float, help="text guidance (default: the model's)")
+    parser.add_argument("--image-guidance-scale", type=finite_float, help="image guidance (default: the model's)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--seed", type=int, default=0)

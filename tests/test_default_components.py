@@ -224,3 +224,23 @@ def test_eval_checkpoints_copies_in_the_ema_weights_the_run_kept(tmp_path, exper
         expected = before[name] + 1.0 if name in names else before[name]
         torch.testing.assert_close(parameter.detach(), expected, msg=name)
     assert experts == "all" or len(names) < len(before)
+
+
+def test_eval_checkpoints_refuses_an_ema_file_of_another_model(tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    from loom_hf.trainers.ema import EMA_FILE, save_ema_state
+
+    spec = importlib.util.spec_from_file_location("eval_checkpoints", TRAIN_VAE.parent / "eval_checkpoints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    other = torch.nn.Linear(2, 2)
+    save_ema_state(EMAModel(list(other.parameters())), ["other.weight", "other.bias"], tmp_path / EMA_FILE)
+    model = tiny_pipeline(seed=0).model
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    with pytest.raises(SystemExit, match="holds EMA weights of other parameters: \\['other.bias', 'other.weight'\\]"):
+        module.with_ema_weights(model, tmp_path)
+    (tmp_path / EMA_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="Cannot read the EMA state"):
+        module.with_ema_weights(model, tmp_path)
+    assert all(torch.equal(parameter, before[name]) for name, parameter in model.named_parameters())

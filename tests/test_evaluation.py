@@ -349,6 +349,19 @@ def random_pipe():
 FAST = {"num_inference_steps": 1, "height": 32, "width": 32, "max_new_tokens": 24}
 
 
+def test_evaluate_tutorials_runs_and_records_the_models_step_count_when_none_is_named(eval_split):
+    pipe = tiny_pipeline(seed=0, max_frames=8)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(default_num_inference_steps=2)
+    steps = []
+    fast = {name: value for name, value in FAST.items() if name != "num_inference_steps"}
+    report = evaluate_tutorials(
+        pipe, eval_split, num_samples=1, callback_on_step_end=lambda p, i, t, k: steps.append(i) or k, **fast
+    )
+    assert report["settings"]["num_inference_steps"] == 2
+    assert steps and set(steps) == {0, 1}  # every frame, of the ground-truth and the own-plan run: 2 Euler steps
+
+
 def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path, capsys):
     judge = RecordedJudge([verdict(5, 4, 3), verdict(3, 2, 1)])
     report = evaluate_tutorials(

@@ -267,6 +267,15 @@ def test_default_euler_steps_come_from_the_pipeline_config(tiny_pipe, tmp_path):
     assert reloaded.resolved_defaults("image")["num_inference_steps"] == 3
 
 
+def test_a_pipeline_saved_without_a_default_step_count_loads_with_50(tiny_pipe, tmp_path):
+    """Pipelines saved before `default_num_inference_steps` existed keep the step count they ran with."""
+    tiny_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    del index["default_num_inference_steps"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert LoomInterleavedPipeline.from_pretrained(tmp_path).resolved_defaults("image")["num_inference_steps"] == 50
+
+
 @pytest.mark.parametrize("value", [0, -2, 2.5, True, float("nan")])
 def test_a_bad_default_step_count_is_refused_when_the_pipeline_is_built(tiny_pipe, value):
     with pytest.raises(ValueError, match="`default_num_inference_steps` must be an integer >= 1"):

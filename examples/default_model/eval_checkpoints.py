@@ -20,11 +20,10 @@ from pathlib import Path
 import datasets
 import torch
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
 
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
 from loom_hf.evaluation.evaluate import evaluate_tutorials
-from loom_hf.trainers.ema import EMA_FILE, load_ema_state
+from loom_hf.trainers.ema import EMA_FILE, load_ema_state, saved_ema_names
 from loom_hf.utils import finite_float, non_negative_float, positive_int
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -33,10 +32,14 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 def with_ema_weights(model: LoomForInterleavedGeneration, checkpoint: Path) -> LoomForInterleavedGeneration:
     """`model` with the EMA shadow weights of `checkpoint` copied in: those of the parameters the run trained, which
     the file names (all of them, or only the generation side of a `--train_experts generation` run)."""
-    with safe_open(str(checkpoint / EMA_FILE), framework="pt") as saved:
-        averaged = set(saved.keys())
-    names = [name for name, _ in model.named_parameters() if name in averaged]
     by_name = dict(model.named_parameters())
+    averaged = set(saved_ema_names(checkpoint / EMA_FILE))
+    foreign = sorted(averaged - set(by_name))
+    if foreign:
+        raise SystemExit(f"error: {checkpoint / EMA_FILE} holds EMA weights of other parameters: {foreign[:5]}")
+    if not averaged:
+        raise SystemExit(f"error: {checkpoint / EMA_FILE} holds no EMA weights")
+    names = [name for name in by_name if name in averaged]
     parameters = [by_name[name] for name in names]
     ema = EMAModel(parameters)
     load_ema_state(ema, names, checkpoint / EMA_FILE)
@@ -60,7 +63,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, type=Path, help="the training output folder with checkpoint-N folders")
     parser.add_argument("--data", required=True, help="the dataset folder whose `eval` split is scored")
     parser.add_argument("--tutorials", type=positive_int, default=12)
-    parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps per frame")
+    parser.add_argument(
+        "--steps", type=positive_int, default=20, help="denoising steps per frame (default 20, not the model's)"
+    )
     parser.add_argument("--checkpoints", type=int, nargs="+", help="only these checkpoint steps (default: all)")
     parser.add_argument("--weights", choices=("live", "ema", "both"), default="both", help="which weights to score")
     parser.add_argument("--guidance-scale", type=finite_float)

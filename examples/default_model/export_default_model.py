@@ -22,7 +22,7 @@ import torch
 import loom_hf
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
 from loom_hf.number_checks import check_integer, check_number
-from loom_hf.utils import written_atomically
+from loom_hf.utils import positive_int, written_atomically
 
 BUDGET_MB = 25
 
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--image-guidance-scale", type=float, help="the default image guidance of the shipped pipeline")
     parser.add_argument("--frame-keep-threshold", type=float, help="the default frame keeping of the shipped pipeline")
     parser.add_argument(
-        "--num-inference-steps", type=int, help="the default Euler steps per image of the shipped pipeline"
+        "--num-inference-steps", type=positive_int, help="the default Euler steps per image of the shipped pipeline"
     )
     parser.add_argument(
         "--stochastic-sampling",

@@ -53,12 +53,12 @@ OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --
 
 # 7. Ship it inside the package (float16, with its default guidance, frame keeping, stochastic sampling and 10
 #    Euler steps a frame) and evaluate it (the shipped folder, with those defaults), stage 1 and the untrained model
-#    on the held-out tutorials (those two at the shipped model's step count; their own default is BAGEL's 50).
+#    on the held-out tutorials (those two at 20 steps, as the README's rows; their own default is BAGEL's 50).
 python examples/default_model/export_default_model.py --pipeline "$RUNS/stage3/pipeline" \
     --guidance-scale 1.5 --image-guidance-scale 1.5 --frame-keep-threshold 0.4 --stochastic-sampling \
     --num-inference-steps 10
 EVAL=(--data "$RUNS/data" --split eval --num-samples 50 --seed 0)
 loom eval --model src/loom_hf/default_model "${EVAL[@]}" --report "$RUNS/eval/trained.json" > /dev/null
-loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --steps 10 --report "$RUNS/eval/stage1.json" > /dev/null
-loom eval --model "$RUNS/init" "${EVAL[@]}" --steps 10 --report "$RUNS/eval/untrained.json" > /dev/null
+loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --steps 20 --report "$RUNS/eval/stage1.json" > /dev/null
+loom eval --model "$RUNS/init" "${EVAL[@]}" --steps 20 --report "$RUNS/eval/untrained.json" > /dev/null
 python examples/default_model/ablation_table.py "$RUNS/eval"/{trained,stage1,untrained}.json

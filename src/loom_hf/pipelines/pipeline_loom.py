@@ -193,8 +193,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             with the pipeline (`model_index.json`): BAGEL's 4.0 / 2.0 unless a checkpoint was tuned otherwise.
         default_frame_keep_threshold: the `frame_keep_threshold` of a tutorial call that names none, saved likewise
             (`None`: frame keeping off, as for BAGEL).
-        default_num_inference_steps: the Euler steps per image of a call that names none, saved likewise (50, the
-            official code's `num_timesteps` less one, unless a checkpoint samples as well in fewer).
+        default_num_inference_steps: the Euler steps per image of a call that names none, saved likewise (50 unless
+            a checkpoint samples as well in fewer; the official code's default `num_timesteps=50` is 49 steps).
     """
 
     # The VAE (under 1 % of BAGEL) stays on the accelerator: with "model->vae" every decoded frame of a tutorial would

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
-__all__ = ["EMA_FILE", "EMACallback", "save_ema_state", "load_ema_state", "trainable_names"]
+__all__ = ["EMA_FILE", "EMACallback", "save_ema_state", "load_ema_state", "saved_ema_names", "trainable_names"]
 
 EMA_FILE = "ema.safetensors"
 _STATE_KEY = "ema_state"
@@ -50,6 +50,16 @@ def load_ema_state(ema: EMAModel, names: list[str], path: str | os.PathLike) -> 
         tensors[name].to(device=current.device, dtype=current.dtype) for name, current in zip(names, ema.shadow_params)
     ]
     ema.load_state_dict(state)
+
+
+def saved_ema_names(path: str | os.PathLike) -> list[str]:
+    """The parameter names whose EMA weights [`save_ema_state`] wrote to `path` (the parameters its run trained).
+    Raises a `ValueError` naming the file when it is unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as saved:
+            return list(saved.keys())
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"Cannot read the EMA state {str(path)!r}: {error}") from error
 
 
 class EMACallback(TrainerCallback):
