@@ -2,6 +2,9 @@
 token that writes only static inputs (as CUDA graphs need), no host synchronisation in a decoding step, and the
 pipeline's decoding through it."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from functorch.compile import make_boxed_func
@@ -184,6 +187,28 @@ def test_pipeline_decodes_from_a_static_cache_when_the_config_asks(tiny_pipe, mo
     bucket = pipeline_loom.STATIC_CACHE_BUCKET
     for context, length in lengths:  # room for the start token and 6 or 8 new tokens, rounded up to the bucket
         assert length % bucket == 0 and length >= context + 1 + 6 and length - bucket < context + 1 + 8
+
+
+def test_static_decoding_holds_the_stacked_context_once(tiny_pipe, monkeypatch):
+    """Once the stacked context is copied into the static cache, only the copy stays alive while text decodes (and the
+    requests' own contexts, which the call keeps)."""
+    copied, alive_during_decoding = [], []
+    from_cache, generate = LoomStaticCache.from_cache, tiny_pipe.model.generate
+
+    def recording_from_cache(cache, config, max_cache_len):
+        copied.append(weakref.ref(cache))
+        return from_cache(cache, config, max_cache_len)
+
+    def checking_generate(*args, **kwargs):
+        gc.collect()
+        alive_during_decoding.append(copied[-1]() is not None)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(LoomStaticCache, "from_cache", recording_from_cache)
+    monkeypatch.setattr(tiny_pipe.model, "generate", checking_generate)
+    tiny_pipe.model.generation_config.cache_implementation = "static"
+    tiny_pipe([[RED, "What is drawn here?"], ["Describe a tree."]], task="text", max_new_tokens=4)
+    assert alive_during_decoding == [False]
 
 
 @torch.no_grad()

@@ -470,6 +470,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         if generation_config.cache_implementation == "static":
             cache = self.static_decoding_cache(stacked, generation_config.max_new_tokens)
+            del stacked  # its keys and values now live in the static cache: decode without a second copy
         with self.progress_bar(total=generation_config.max_new_tokens) as progress_bar:
             sequences = self.model.generate(
                 input_ids=input_ids,
