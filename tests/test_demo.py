@@ -2,6 +2,7 @@
 Debian's chromium, driven by Playwright (the system browser, no download), watches a tutorial being drawn, and sees
 bad input answered with its message while the app keeps serving."""
 
+import json
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from loom_hf import DEFAULT_MODEL
 from loom_hf.demo import PipelineRunner, load_pipeline
 from loom_hf.demo.inputs import generator_from_seed, read_images, whole_number
 
@@ -35,6 +37,9 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 DENOISING_STEPS = "8"
+MODEL_DENOISING_STEPS = str(
+    json.loads((Path(DEFAULT_MODEL) / "model_index.json").read_text())["default_num_inference_steps"]
+)
 # Generous upper bounds for a loaded two-core machine; the checks are on what the page shows, not on how fast.
 SERVE_TIMEOUT_S = 120
 GENERATION_TIMEOUT_MS = 90_000
@@ -116,7 +121,9 @@ def page(browser: Browser, demo_url: str) -> Iterator[Page]:
 
 
 def _set_denoising_steps(page: Page, tab: str) -> None:
+    """Open the tab's settings, see the steps start at the model's saved default, and set them to DENOISING_STEPS."""
     page.locator(f"#{tab}-settings").get_by_text("Settings").click()
+    expect(page.locator(f"#{tab}-denoise input[type=number]")).to_have_value(MODEL_DENOISING_STEPS)
     page.fill(f"#{tab}-denoise input[type=number]", DENOISING_STEPS)
     page.keyboard.press("Enter")
 
