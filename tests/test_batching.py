@@ -430,8 +430,14 @@ def test_a_smaller_batch_saved_over_a_larger_one_removes_the_stale_request_folde
 )
 def test_contexts_nobody_reads_are_not_encoded(tiny_pipe, monkeypatch, kwargs, prefills):
     calls = []
-    append_text = tiny_pipe.append_text
-    monkeypatch.setattr(tiny_pipe, "append_text", lambda cache, text: calls.append(1) or append_text(cache, text))
+    write_context = tiny_pipe.write_context
+
+    def record(cache, blocks):
+        if blocks.pieces:
+            calls.append(1)
+        return write_context(cache, blocks)
+
+    monkeypatch.setattr(tiny_pipe, "write_context", record)
     tiny_pipe(["A red square."], num_inference_steps=1, height=32, width=32, **kwargs)
     assert len(calls) == prefills
 

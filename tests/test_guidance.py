@@ -5,8 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from loom_hf.modeling import LoomCache
 from loom_hf.modeling.latents import unpack_latents
+from loom_hf.pipelines.context_blocks import ContextBlocks
 from loom_hf.pipelines.guidance import guidance_active, guided_velocity
+from loom_hf.pipelines.pipeline_loom import EncodedImage
 
 from .conftest import branch_velocity
 
@@ -96,3 +99,54 @@ def test_renorm_options_reach_the_pipelines_euler_step(tiny_pipe, renorm, renorm
     expected = guided_velocity(*branches, 8.0, 2.0, renorm, renorm_min)
     torch.testing.assert_close(noise - final, unpack_latents(expected, 2, 2), atol=1e-5, rtol=0)
     assert (expected - guided_velocity(*branches, 8.0, 2.0)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_a_context_written_in_one_pass_equals_its_pieces_written_one_by_one(tiny_pipe):
+    """`encode_context` writes an image and the instruction after it with one forward pass: the keys, values, ids and
+    position counter equal those of one pass per piece, and the text-free branch equals the context of the image
+    alone (a prefix of the one-pass context)."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    contexts = tiny_pipe.encode_context([image, "Make it blue."])
+
+    encoded = tiny_pipe.encode_image(tiny_pipe.processor.image_processor.resize_for_vae(image))
+    pieces = [
+        EncodedImage(latent_tokens=encoded.latent_tokens, latent_grid=encoded.latent_grid),
+        EncodedImage(vit_patches=encoded.vit_patches, vit_grid=encoded.vit_grid),
+    ]
+    piecewise = LoomCache()
+    for piece in pieces:
+        blocks = ContextBlocks()
+        tiny_pipe.add_image(blocks, piece)
+        tiny_pipe.write_context(piecewise, blocks)
+    image_only = piecewise.fork()
+    tiny_pipe.append_text(piecewise, "Make it blue.")
+
+    for one_pass, reference in ((contexts.cond, piecewise), (contexts.text_uncond, image_only)):
+        assert one_pass.get_seq_length() == reference.get_seq_length()
+        assert torch.equal(one_pass.next_position, reference.next_position)
+        assert torch.equal(one_pass.token_ids, reference.token_ids)
+        for ours, theirs in zip(one_pass.layers, reference.layers):
+            torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
+    assert contexts.text_uncond.get_seq_length() < contexts.cond.get_seq_length()
+
+
+@torch.no_grad()
+def test_under_flash_attention_each_piece_of_a_context_takes_its_own_pass(tiny_pipe, monkeypatch):
+    """Flash attention cannot mix a text turn and image blocks in one query: there the pieces are written one per
+    forward pass, into the same context."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    one_pass = tiny_pipe.encode_context([image, "Make it blue."], image_free=False)
+    passes = []
+    forward = tiny_pipe.model.forward
+    monkeypatch.setattr(tiny_pipe.model, "forward", lambda *a, **k: passes.append(k["input_ids"]) or forward(*a, **k))
+    monkeypatch.setattr(type(tiny_pipe), "writes_one_piece_per_pass", property(lambda self: True))
+    piecewise = tiny_pipe.encode_context([image, "Make it blue."], image_free=False)
+    assert len(passes) == 3  # latent block, ViT block, text turn
+    markers = (tiny_pipe.model.config.vision_start_token_id, tiny_pipe.model.config.vision_end_token_id)
+    assert [ids[0, 0].item() for ids in passes[:2]] == [markers[0]] * 2 and passes[2][0, -1] != markers[1]
+    for ours, theirs in zip(one_pass.cond.layers, piecewise.cond.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+    assert torch.equal(one_pass.cond.next_position, piecewise.cond.next_position)
+    assert piecewise.text_uncond.get_seq_length() == one_pass.text_uncond.get_seq_length()

@@ -24,7 +24,7 @@ class LoomCache(DynamicCache):
     * [`read_only`]: inside this context, attention reads the cached keys plus the query's own keys but stores
       nothing. The noisy latents of an image being generated attend to the context this way at every denoising step.
     * [`fork`]: an independent copy that shares the cached tensors (they are never modified in place), used for the
-      guidance contexts that share a prefix.
+      guidance contexts that share a prefix; [`prefix`]: a copy of the first positions only.
     * [`stack`]: several single-row caches as the rows of one batch, left-padded to the longest.
     """
 
@@ -68,6 +68,17 @@ class LoomCache(DynamicCache):
         forked = LoomCache(next_position=self.next_position.clone(), token_ids=self.token_ids)
         forked.layers = [copy.copy(layer) for layer in self.layers]
         return forked
+
+    def prefix(self, length: int, next_position: torch.Tensor) -> "LoomCache":
+        """A copy holding only the first `length` cached positions (views of the cached tensors), after which the
+        next token takes `next_position`: a context that branched off this one before its last pieces were written
+        together with the rest."""
+        prefix = self.fork()
+        prefix.crop(length - self.get_seq_length())
+        prefix.next_position = torch.as_tensor(next_position, dtype=torch.long).reshape(-1).clone()
+        if self.token_ids is not None:
+            prefix.token_ids = self.token_ids[:, :length]
+        return prefix
 
     @classmethod
     def stack(cls, caches: Sequence["LoomCache"], pad_token_id: int = 0) -> tuple["LoomCache", torch.Tensor]:

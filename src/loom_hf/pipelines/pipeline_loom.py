@@ -27,6 +27,7 @@ from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
 from ..number_checks import check_integer, check_number
 from ..planning import format_plan, parse_plan, plan_instruction, step_turn
+from .context_blocks import ContextBlocks, ContextMark, ContextPiece
 from .frame_keeping import FrameKeeping, follow_kept_tokens, kept_tokens
 from .guidance import GUIDANCE_RENORMS, GuidanceConfig, guided_velocity
 from .image_output import LoomVaeImageProcessor
@@ -117,11 +118,22 @@ class GuidanceContexts:
     def fork(self) -> "GuidanceContexts":
         return GuidanceContexts(self.cond.fork(), self.text_uncond.fork(), self.image_uncond.fork(), self.image_free)
 
-    def append_text_turn(self, pipe: "LoomInterleavedPipeline", ids: list[int]) -> None:
-        """A text turn enters the conditional context and, when it is kept, the image-free one."""
-        pipe.append_text(self.cond, ids)
+    def extend(
+        self,
+        pipe: "LoomInterleavedPipeline",
+        blocks: ContextBlocks,
+        text_free_at: ContextMark | None,
+        text_turns: ContextBlocks,
+    ) -> None:
+        """Append `blocks` to the conditional context (one forward pass), branch the text-free context off it at
+        `text_free_at` (unchanged when `None`) and, when it is kept, append `text_turns` (the text of `blocks`) to the
+        image-free context."""
+        length, position = self.cond.get_seq_length(), self.cond.next_position
+        pipe.write_context(self.cond, blocks)
+        if text_free_at is not None:
+            self.text_uncond = self.cond.prefix(length + text_free_at.tokens, position + text_free_at.positions)
         if self.image_free:
-            pipe.append_text(self.image_uncond, ids)
+            pipe.write_context(self.image_uncond, text_turns)
 
     def branch(self, name: str) -> LoomCache:
         return getattr(self, name)
@@ -352,9 +364,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
 
     def append_text(self, cache: LoomCache, text: str | list[int]) -> None:
         """Append one text turn (`<|im_start|>` + tokens + `<|im_end|>`) to `cache`."""
-        ids = self.processor.text_block(text) if isinstance(text, str) else text
-        device = self.input_device
-        self.model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, logits_to_keep=1)
+        blocks = ContextBlocks()
+        blocks.add_text(self.processor.text_block(text) if isinstance(text, str) else text)
+        self.write_context(cache, blocks)
 
     def encode_image(self, image: PIL.Image.Image, use_vae: bool = True, use_vit: bool = True) -> EncodedImage:
         """Clean latent tokens (VAE posterior mean) and ViT patches of an image already resized for the VAE."""
@@ -371,49 +383,56 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             encoded.vit_patches = patches.to(self.input_device)
         return encoded
 
-    def append_image(
-        self,
-        cache: LoomCache,
-        image: PIL.Image.Image | EncodedImage,
-        use_vae: bool = True,
-        use_vit: bool = True,
-        frame_index: int | None = None,
-    ) -> None:
-        """Append an image to `cache`: its clean latent block, then its ViT block; each takes one RoPE position.
+    def add_image(self, blocks: ContextBlocks, image: EncodedImage, frame_index: int | None = None) -> None:
+        """Add an encoded image to `blocks`: its clean latent block, then its ViT block (those it holds); each takes one
+        RoPE position. `frame_index` adds Loom's temporal embedding of that frame to the image's tokens."""
+        if image.latent_tokens is not None:
+            ids, types = self.processor.image_block(image.latent_tokens.shape[0], TokenType.LATENT)
+            blocks.add_block(ids, types, frame_index, latent=(image.latent_tokens, image.latent_grid))
+        if image.vit_patches is not None:
+            ids, types = self.processor.image_block(image.vit_patches.shape[0], TokenType.VIT)
+            blocks.add_block(ids, types, frame_index, vit=(image.vit_patches, image.vit_grid))
 
-        `frame_index` adds Loom's temporal embedding of that frame to the image's tokens.
-        """
-        encoded = image if isinstance(image, EncodedImage) else self.encode_image(image, use_vae, use_vit)
+    @property
+    def writes_one_piece_per_pass(self) -> bool:
+        """Flash attention knows only causal or full attention per call, so under it every text turn and image block
+        of a context takes a forward pass of its own; other implementations write all of them in one."""
+        return self.model.config.get_text_config()._attn_implementation.startswith("flash")
+
+    def write_context(self, cache: LoomCache, blocks: ContextBlocks) -> None:
+        """Append `blocks` to `cache`: in one forward pass (see [`writes_one_piece_per_pass`])."""
+        groups = [[piece] for piece in blocks.pieces] if self.writes_one_piece_per_pass else [blocks.pieces]
+        for pieces in groups:
+            if pieces:
+                self.model(**self._context_inputs(pieces), past_key_values=cache, logits_to_keep=1)
+
+    def _context_inputs(self, pieces: list[ContextPiece]) -> dict:
+        """The forward inputs that write `pieces` as one sequence."""
         device = self.input_device
-        if use_vae:
-            ids, types = self.processor.image_block(encoded.latent_tokens.shape[0], TokenType.LATENT)
-            self.model(
-                **self._block_inputs(ids, types, frame_index, rows=1),
-                latents=encoded.latent_tokens.to(device),
-                latent_grid_hw=torch.tensor([encoded.latent_grid], device=device),
-                timesteps=torch.zeros(1, device=device),
-                past_key_values=cache,
-                logits_to_keep=1,
-            )
-        if use_vit:
-            ids, types = self.processor.image_block(encoded.vit_patches.shape[0], TokenType.VIT)
-            self.model(
-                **self._block_inputs(ids, types, frame_index, rows=1),
-                pixel_values=encoded.vit_patches.to(self.model.dtype),
-                image_grid_hw=torch.tensor([encoded.vit_grid], device=device),
-                past_key_values=cache,
-                logits_to_keep=1,
-            )
 
-    def _block_inputs(self, ids: list[int], types: list[int], frame_index: int | None, rows: int) -> dict:
-        """`input_ids`, `mm_token_type_ids` and (for a Loom frame) `frame_ids` of `rows` copies of one image block."""
+        def row(values: list[int]) -> torch.Tensor:
+            return torch.tensor([[value for piece in pieces for value in getattr(piece, values)]], device=device)
+
+        inputs = {"input_ids": row("input_ids"), "mm_token_type_ids": row("token_types")}
+        if any(frame >= 0 for piece in pieces for frame in piece.frame_ids):
+            inputs["frame_ids"] = row("frame_ids")
+        latents = [piece.latent for piece in pieces if piece.latent is not None]
+        if latents:
+            inputs["latents"] = torch.cat([tokens for tokens, _ in latents]).to(device)
+            inputs["latent_grid_hw"] = torch.tensor([grid for _, grid in latents], device=device)
+            inputs["timesteps"] = torch.zeros(len(latents), device=device)
+        patches = [piece.vit for piece in pieces if piece.vit is not None]
+        if patches:
+            pixels = torch.cat([patch for patch, _ in patches])
+            inputs["pixel_values"] = pixels.to(device=device, dtype=self.model.dtype)
+            inputs["image_grid_hw"] = torch.tensor([grid for _, grid in patches], device=device)
+        return inputs
+
+    def _block_inputs(self, ids: list[int], types: list[int], rows: int) -> dict:
+        """`input_ids` and `mm_token_type_ids` of `rows` copies of one image block."""
         device = self.input_device
         token_types = torch.tensor([types], device=device).expand(rows, -1)
-        inputs = {"input_ids": torch.tensor([ids], device=device).expand(rows, -1), "mm_token_type_ids": token_types}
-        if frame_index is not None:
-            # The temporal embedding goes on the visual tokens, not on the block markers.
-            inputs["frame_ids"] = torch.where(token_types != TokenType.TEXT, int(frame_index), -1)
-        return inputs
+        return {"input_ids": torch.tensor([ids], device=device).expand(rows, -1), "mm_token_type_ids": token_types}
 
     def encode_context(
         self,
@@ -429,16 +448,20 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         image-free branch only with `image_free`.
         """
         contexts = contexts or GuidanceContexts.empty(image_free)
+        blocks, text_turns, text_free_at = ContextBlocks(), ContextBlocks(), None
         if system_prompt is not None:
-            contexts.append_text_turn(self, self.processor.text_block(system_prompt))
+            for turns in (blocks, text_turns):
+                turns.add_text(self.processor.text_block(system_prompt))
         for item in inputs:
             if isinstance(item, str):
-                contexts.text_uncond = contexts.cond.fork()
-                contexts.append_text_turn(self, self.processor.text_block(item))
+                text_free_at = blocks.mark()
+                for turns in (blocks, text_turns):
+                    turns.add_text(self.processor.text_block(item))
             else:
                 image = self.processor.image_processor.resize_for_vae(item)
-                self.append_image(contexts.cond, image, use_vae=use_vae)
-                contexts.text_uncond = contexts.cond.fork()
+                self.add_image(blocks, self.encode_image(image, use_vae=use_vae))
+                text_free_at = blocks.mark()
+        contexts.extend(self, blocks, text_free_at, text_turns)
         return contexts
 
     # ---------------------------------------------------------------- text
@@ -650,7 +673,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         tokens = torch.stack([pack_latents(latent[None], patch) for latent in latents])  # [N, T, C]
         rows = len(jobs) * num_branches
         ids, types = self.processor.image_block(tokens.shape[1], TokenType.LATENT)
-        inputs = self._block_inputs(ids, types, None, rows=rows)
+        inputs = self._block_inputs(ids, types, rows=rows)
         frames = [job.frame_index for job in jobs]
         if any(frame is not None for frame in frames):
             per_row = torch.tensor([-1 if f is None else f for f in frames], device=device).repeat_interleave(
@@ -710,13 +733,15 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """Contexts that render frame `step_index` (0-based): the shared instruction + plan prefix, the chosen
         earlier frames as clean latent + ViT blocks with their temporal indices, then the step's text turn
         (left out when `step_text` is `None`). Returns them with the chosen frame indices."""
-        contexts = base.fork()
+        contexts, blocks, text_turns = base.fork(), ContextBlocks(), ContextBlocks()
         chosen = history_frame_indices(step_index, tutorial.max_history_frames, tutorial.history)
         for index in chosen:
-            self.append_image(contexts.cond, frames[index], frame_index=self._frame_index(index))
-        contexts.text_uncond = contexts.cond.fork()
+            self.add_image(blocks, frames[index], frame_index=self._frame_index(index))
+        text_free_at = blocks.mark()
         if step_text is not None:
-            contexts.append_text_turn(self, self.processor.text_block(step_turn(step_index + 1, step_text)))
+            for turns in (blocks, text_turns):
+                turns.add_text(self.processor.text_block(step_turn(step_index + 1, step_text)))
+        contexts.extend(self, blocks, text_free_at, text_turns)
         return contexts, chosen
 
     def _frame_index(self, index: int) -> int | None:
