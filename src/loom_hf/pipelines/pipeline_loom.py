@@ -410,8 +410,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """The forward inputs that write `pieces` as one sequence."""
         device = self.input_device
 
-        def row(values: list[int]) -> torch.Tensor:
-            return torch.tensor([[value for piece in pieces for value in getattr(piece, values)]], device=device)
+        def row(field: str) -> torch.Tensor:
+            """One `[1, length]` row of the pieces' `field` (`input_ids`, `token_types` or `frame_ids`)."""
+            return torch.tensor([[value for piece in pieces for value in getattr(piece, field)]], device=device)
 
         inputs = {"input_ids": row("input_ids"), "mm_token_type_ids": row("token_types")}
         if any(frame >= 0 for piece in pieces for frame in piece.frame_ids):
