@@ -7,6 +7,7 @@ from PIL import Image
 
 from loom_hf.modeling import LoomCache
 from loom_hf.modeling.latents import unpack_latents
+from loom_hf.pipelines import pipeline_loom
 from loom_hf.pipelines.context_blocks import ContextBlocks
 from loom_hf.pipelines.guidance import guidance_active, guided_velocity
 from loom_hf.pipelines.pipeline_loom import EncodedImage
@@ -150,3 +151,25 @@ def test_under_flash_attention_each_piece_of_a_context_takes_its_own_pass(tiny_p
         torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
     assert torch.equal(one_pass.cond.next_position, piecewise.cond.next_position)
     assert piecewise.text_uncond.get_seq_length() == one_pass.text_uncond.get_seq_length()
+
+
+@torch.no_grad()
+def test_pieces_share_a_pass_up_to_the_token_bound(tiny_pipe, monkeypatch):
+    """Consecutive pieces share a forward pass while it stays within `CONTEXT_PASS_TOKENS`; a piece that does not fit
+    starts the next pass, one larger than the bound goes alone; the context is the same either way."""
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    one_pass = tiny_pipe.encode_context([image, "Make it blue."], image_free=False)
+    blocks = ContextBlocks()
+    tiny_pipe.add_image(blocks, tiny_pipe.encode_image(tiny_pipe.processor.image_processor.resize_for_vae(image)))
+    blocks.add_text(tiny_pipe.processor.text_block("Make it blue."))
+    latent, vit, text = (len(piece.input_ids) for piece in blocks.pieces)
+    monkeypatch.setattr(pipeline_loom, "CONTEXT_PASS_TOKENS", latent + vit)
+    assert [len(group) for group in tiny_pipe.context_passes(blocks)] == [2, 1]
+    monkeypatch.setattr(pipeline_loom, "CONTEXT_PASS_TOKENS", min(latent, vit, text) - 1)
+    assert [len(group) for group in tiny_pipe.context_passes(blocks)] == [1, 1, 1]
+    monkeypatch.setattr(pipeline_loom, "CONTEXT_PASS_TOKENS", latent + vit)
+    bounded = tiny_pipe.encode_context([image, "Make it blue."], image_free=False)
+    for ours, theirs in zip(one_pass.cond.layers, bounded.cond.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(one_pass.cond.next_position, bounded.cond.next_position)

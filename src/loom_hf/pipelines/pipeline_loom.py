@@ -63,6 +63,8 @@ TASKS = ("image", "text", "interleaved")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Static decoding caches (`generation_config.cache_implementation = "static"`) are sized in steps of this many tokens.
 STATIC_CACHE_BUCKET = 256
+# The most tokens that several pieces of a context (text turns, image blocks) are written with in one forward pass.
+CONTEXT_PASS_TOKENS = 2048
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -396,15 +398,33 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     @property
     def writes_one_piece_per_pass(self) -> bool:
         """Flash attention knows only causal or full attention per call, so under it every text turn and image block
-        of a context takes a forward pass of its own; other implementations write all of them in one."""
+        of a context takes a forward pass of its own."""
         return self.model.config.get_text_config()._attn_implementation.startswith("flash")
 
     def write_context(self, cache: LoomCache, blocks: ContextBlocks) -> None:
-        """Append `blocks` to `cache`: in one forward pass (see [`writes_one_piece_per_pass`])."""
-        groups = [[piece] for piece in blocks.pieces] if self.writes_one_piece_per_pass else [blocks.pieces]
-        for pieces in groups:
-            if pieces:
-                self.model(**self._context_inputs(pieces), past_key_values=cache, logits_to_keep=1)
+        """Append `blocks` to `cache`, consecutive pieces sharing a forward pass (see [`context_passes`])."""
+        for pieces in self.context_passes(blocks):
+            self.model(**self._context_inputs(pieces), past_key_values=cache, logits_to_keep=1)
+
+    def context_passes(self, blocks: ContextBlocks) -> list[list[ContextPiece]]:
+        """The pieces of `blocks` grouped into forward passes, in order.
+
+        Consecutive pieces share a pass of up to `CONTEXT_PASS_TOKENS` tokens, a larger piece goes alone: merging saves
+        the fixed cost of a pass, which only small pieces notice, while the bound keeps a pass's attention mask and
+        activations near those of one large image block (a 1024 px BAGEL tutorial frame's history is tens of thousands
+        of tokens). Under flash attention each piece takes a pass of its own ([`writes_one_piece_per_pass`]).
+        """
+        if self.writes_one_piece_per_pass:
+            return [[piece] for piece in blocks.pieces]
+        passes, tokens = [], 0
+        for piece in blocks.pieces:
+            if passes and tokens + len(piece.input_ids) <= CONTEXT_PASS_TOKENS:
+                passes[-1].append(piece)
+                tokens += len(piece.input_ids)
+            else:
+                passes.append([piece])
+                tokens = len(piece.input_ids)
+        return passes
 
     def _context_inputs(self, pieces: list[ContextPiece]) -> dict:
         """The forward inputs that write `pieces` as one sequence."""
