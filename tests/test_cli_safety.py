@@ -163,6 +163,9 @@ def test_generate_reads_its_images_before_loading(tmp_path, no_loading):
         ("--image-guidance-scale", "inf", "expected a finite number"),
         ("--max-history-frames", "-1", "expected an integer >= 0"),
         ("--seed", "1.5", "expected an integer >= 0"),
+        ("--frame-keep-text-share", "0", "expected a number in (0, 1]"),
+        ("--frame-keep-text-share", "1.5", "expected a number in (0, 1]"),
+        ("--frame-keep-text-share", "nan", "expected a number in (0, 1]"),
     ],
 )
 def test_generate_numbers_are_checked(capsys, tmp_path, option, value, message):

@@ -378,6 +378,7 @@ def test_evaluate_tutorials_end_to_end(random_pipe, eval_split, tmp_path, capsys
         "guidance_scale": 4.0,
         "image_guidance_scale": 2.0,
         "frame_keep_threshold": None,
+        "frame_keep_text_share": None,
     }
     scheduler = report["settings"]["scheduler"]  # the sampler that ran, from the pipeline's scheduler
     assert scheduler["class"] == "FlowMatchEulerDiscreteScheduler" and scheduler["stochastic_sampling"] is False
@@ -462,7 +463,12 @@ def test_eval_command_line(random_pipe, eval_split, tmp_path, capsys, no_proxy):
     assert ablation["history"] == "none" and ablation["use_step_text"] is False and ablation["guidance_scale"] == 1.5
     # the named scale, and the saved model's defaults where none was named
     resolved = report["settings"]["resolved_defaults"]
-    assert resolved == {"guidance_scale": 1.5, "image_guidance_scale": 2.0, "frame_keep_threshold": None}
+    assert resolved == {
+        "guidance_scale": 1.5,
+        "image_guidance_scale": 2.0,
+        "frame_keep_threshold": None,
+        "frame_keep_text_share": None,
+    }
 
     with pytest.raises(SystemExit):
         parser.parse_args(["--model", "m", "--data", "d", "--history", "everything"])

@@ -93,11 +93,61 @@ def test_a_threshold_nothing_reaches_redraws_only_the_token_that_changes_most(fr
         assert redrawn_tokens(framed_pipe, earlier, later) == 1  # every other token kept exactly
 
 
+def test_the_tokens_the_step_text_moves_most_change_too():
+    """With a text share, tokens whose text effect reaches that share of the largest change as well (without their
+    neighbours); without one, or without an effect, the estimate alone decides."""
+    previous = torch.zeros(1, 4, 10, 10)
+    estimate = previous.clone()
+    estimate[:, :, 4:6, 4:6] = 0.2  # below the threshold: only the most-changed token (2, 2) changes
+    text_effect = torch.zeros(1, 1, 5, 5)
+    text_effect[0, 0, 0, 4] = 1.0  # the text's part: token (0, 4)
+    text_effect[0, 0, 4, 0] = 0.6  # 0.6 of the largest effect
+    text_effect[0, 0, 4, 4] = 0.3
+    alone = kept_tokens(estimate, previous, threshold=0.5, patch_size=2)[0, 0, ::2, ::2]
+    assert int((alone == 0).sum()) == 1 and alone[2, 2] == 0
+    for share, named in ((0.5, [(0, 4), (4, 0)]), (1.0, [(0, 4)])):
+        mask = kept_tokens(estimate, previous, threshold=0.5, patch_size=2, text_effect=text_effect, text_share=share)[
+            0, 0, ::2, ::2
+        ]
+        expected = torch.ones(5, 5)
+        for row, column in [(2, 2), *named]:
+            expected[row, column] = 0.0
+        torch.testing.assert_close(mask, expected)
+    unshared = kept_tokens(estimate, previous, threshold=0.5, patch_size=2, text_effect=text_effect)
+    torch.testing.assert_close(unshared[0, 0, ::2, ::2], alone)
+
+
+def test_the_text_effect_reaches_the_decision_only_with_a_share_and_text_guidance(framed_pipe, monkeypatch):
+    """The decision sees the conditional-minus-text-free effect per token when text guidance is on, and the call's
+    share; a share makes more tokens change than the estimate alone."""
+    seen = []
+    decide = pipeline_loom.kept_tokens
+
+    def record(estimate, previous, threshold, *, patch_size, text_effect, text_share):
+        seen.append((None if text_effect is None else tuple(text_effect.shape), text_share))
+        return decide(
+            estimate, previous, threshold, patch_size=patch_size, text_effect=text_effect, text_share=text_share
+        )
+
+    monkeypatch.setattr(pipeline_loom, "kept_tokens", record)
+    grid = 32 // framed_pipe.latent_stride
+    shared = frames(framed_pipe, frame_keep_threshold=1e9, frame_keep_text_share=0.01, guidance_scale=4.0)
+    assert seen == [((1, 1, grid, grid), 0.01)] * 2
+    seen.clear()
+    alone = frames(framed_pipe, frame_keep_threshold=1e9, guidance_scale=4.0)
+    assert seen == [((1, 1, grid, grid), None)] * 2
+    assert redrawn_tokens(framed_pipe, alone[0], alone[1]) == 1  # the most-changed token only
+    assert redrawn_tokens(framed_pipe, shared[0], shared[1]) > 1
+    seen.clear()
+    frames(framed_pipe, frame_keep_threshold=1e9, frame_keep_text_share=0.5, guidance_scale=1.0)
+    assert seen == [(None, 0.5)] * 2  # no text-free branch: nothing to measure the text by
+
+
 def test_kept_tokens_end_exactly_as_drawn_and_the_others_are_sampled(framed_pipe, monkeypatch):
     """With a decision that keeps the left half, frame t + 1 equals frame t exactly there and differs elsewhere."""
     decided = []
 
-    def left_half(estimate, previous, threshold, patch_size):
+    def left_half(estimate, previous, threshold, *, patch_size, text_effect, text_share):
         mask = torch.zeros_like(estimate[:, :1])
         mask[..., : estimate.shape[-1] // 2] = 1.0
         decided.append(threshold)
@@ -146,3 +196,23 @@ def test_the_pipeline_default_is_saved_with_it_and_a_call_may_turn_it_off(framed
     assert not torch.equal(unkept[1], unkept[0])
     # Images and answers do not keep frames: the default does not apply to them.
     loaded(["A red square"], num_inference_steps=1, height=32, width=32)
+
+
+def test_the_text_share_default_is_saved_and_applies_only_where_frames_are_kept(framed_pipe, tmp_path):
+    framed_pipe.register_to_config(default_frame_keep_threshold=1e9, default_frame_keep_text_share=0.01)
+    try:
+        framed_pipe.save_pretrained(tmp_path)
+    finally:
+        framed_pipe.register_to_config(default_frame_keep_threshold=None, default_frame_keep_text_share=None)
+    loaded = LoomInterleavedPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_frame_keep_text_share == 0.01
+    assert loaded.resolved_defaults("interleaved")["frame_keep_text_share"] == 0.01
+    # frame keeping turned off by the call: its share does not apply (and is no error)
+    assert loaded.resolved_defaults("interleaved", frame_keep_threshold=0.0)["frame_keep_text_share"] is None
+    assert loaded.resolved_defaults("image")["frame_keep_text_share"] is None
+    by_default = frames(loaded, guidance_scale=4.0)
+    named = frames(loaded, guidance_scale=4.0, frame_keep_text_share=0.01)
+    for default_frame, named_frame in zip(by_default, named):
+        assert torch.equal(default_frame, named_frame)
+    frames(loaded, frame_keep_threshold=0.0)

@@ -381,6 +381,12 @@ BAD_TUTORIALS = [
     ({"frame_keep_at": -0.1}, ValueError, "`frame_keep_at`"),
     ({"frame_keep_at": float("inf")}, ValueError, "`frame_keep_at`"),
     ({"frame_keep_threshold": 0.4, "task": "image"}, ValueError, "applies to task='interleaved' only"),
+    ({"frame_keep_threshold": 0.4, "frame_keep_text_share": 0.0}, ValueError, "`frame_keep_text_share` must be > 0.0"),
+    ({"frame_keep_threshold": 0.4, "frame_keep_text_share": 1.5}, ValueError, "`frame_keep_text_share` must be > 0.0"),
+    ({"frame_keep_text_share": float("nan")}, ValueError, "`frame_keep_text_share` must be a finite number"),
+    ({"frame_keep_text_share": "0.5"}, TypeError, "`frame_keep_text_share` must be a number"),
+    ({"frame_keep_text_share": 0.5}, ValueError, "widens frame keeping, which is off for this call"),
+    ({"frame_keep_text_share": 0.5, "task": "image", "plan": None}, ValueError, "widens frame keeping, which is off"),
     ({"frame_keep_threshold": 0.4, "task": "text"}, ValueError, "applies to task='interleaved' only"),
 ]
 

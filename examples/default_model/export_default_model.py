@@ -2,7 +2,7 @@
 
     python examples/default_model/export_default_model.py --pipeline runs/stage2/pipeline \
         [--model runs/stage2/ema] [--guidance-scale 4.0 --image-guidance-scale 2.0] [--frame-keep-threshold 0.4] \
-        [--stochastic-sampling] [--num-inference-steps 10]
+        [--frame-keep-text-share 0.5] [--stochastic-sampling] [--num-inference-steps 10]
 
 Weights are stored in float16 (loaded back in float32), the folder is written next to the destination and
 renamed into place, and its size is checked against the package budget. `--model` swaps in another trained model
@@ -22,7 +22,8 @@ import torch
 import loom_hf
 from loom_hf import LoomForInterleavedGeneration, LoomInterleavedPipeline
 from loom_hf.number_checks import check_integer, check_number
-from loom_hf.utils import positive_int, written_atomically
+from loom_hf.pipelines.pipeline_loom import check_frame_keep_text_share
+from loom_hf.utils import positive_int, share_float, written_atomically
 
 BUDGET_MB = 25
 
@@ -37,10 +38,11 @@ def export(
     frame_keep_threshold: float | None = None,
     stochastic_sampling: bool | None = None,
     num_inference_steps: int | None = None,
+    frame_keep_text_share: float | None = None,
 ) -> float:
     """Write `pipeline` (with the model folder `model` instead of its own, when given, and its default guidance,
-    frame keeping, Euler steps and scheduler sampling replaced by the given values) in float16 to `destination`;
-    returns its size in MB."""
+    frame keeping and its text share, Euler steps and scheduler sampling replaced by the given values) in float16 to
+    `destination`; returns its size in MB."""
     for name, value in (
         ("guidance_scale", guidance_scale),
         ("image_guidance_scale", image_guidance_scale),
@@ -48,6 +50,7 @@ def export(
     ):
         check_number(name, value, minimum=0.0, optional=True)  # before anything is loaded or written
     check_integer("num_inference_steps", num_inference_steps, minimum=1, optional=True)
+    check_frame_keep_text_share("frame_keep_text_share", frame_keep_text_share)
     destination = Path(destination)
     components = {}
     if model is not None:
@@ -58,6 +61,7 @@ def export(
         "default_image_guidance_scale": image_guidance_scale,
         "default_frame_keep_threshold": frame_keep_threshold,
         "default_num_inference_steps": num_inference_steps,
+        "default_frame_keep_text_share": frame_keep_text_share,
     }
     if stochastic_sampling is not None and "stochastic_sampling" not in pipe.scheduler.config:
         name = type(pipe.scheduler).__name__
@@ -88,6 +92,9 @@ def main() -> None:
     parser.add_argument("--image-guidance-scale", type=float, help="the default image guidance of the shipped pipeline")
     parser.add_argument("--frame-keep-threshold", type=float, help="the default frame keeping of the shipped pipeline")
     parser.add_argument(
+        "--frame-keep-text-share", type=share_float, help="the default frame-keeping text share of the shipped pipeline"
+    )
+    parser.add_argument(
         "--num-inference-steps", type=positive_int, help="the default Euler steps per image of the shipped pipeline"
     )
     parser.add_argument(
@@ -105,6 +112,7 @@ def main() -> None:
         frame_keep_threshold=args.frame_keep_threshold,
         stochastic_sampling=args.stochastic_sampling,
         num_inference_steps=args.num_inference_steps,
+        frame_keep_text_share=args.frame_keep_text_share,
     )
     print(f"Wrote {args.output} ({size:.1f} MB)")
 

@@ -51,12 +51,12 @@ OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=true accelerate launch --num_processes 1 --
     --warmup_steps 10 --weight_decay 0.0 --max_tokens_per_batch 4096 --logging_steps 25 --save_strategy no \
     --report_to none
 
-# 7. Ship it inside the package (float16, with its default guidance, frame keeping, stochastic sampling and 10
-#    Euler steps a frame) and evaluate it (the shipped folder, with those defaults), stage 1 and the untrained model
+# 7. Ship it inside the package (float16, with its default guidance, frame keeping with its text share, stochastic
+#    sampling and 10 Euler steps a frame) and evaluate it (the shipped folder, with those defaults), stage 1 and the untrained model
 #    on the held-out tutorials (those two at 20 steps, as the README's rows; their own default is BAGEL's 50).
 python examples/default_model/export_default_model.py --pipeline "$RUNS/stage3/pipeline" \
-    --guidance-scale 1.5 --image-guidance-scale 1.5 --frame-keep-threshold 0.4 --stochastic-sampling \
-    --num-inference-steps 10
+    --guidance-scale 1.5 --image-guidance-scale 1.5 --frame-keep-threshold 0.4 --frame-keep-text-share 0.5 \
+    --stochastic-sampling --num-inference-steps 10
 EVAL=(--data "$RUNS/data" --split eval --num-samples 50 --seed 0)
 loom eval --model src/loom_hf/default_model "${EVAL[@]}" --report "$RUNS/eval/trained.json" > /dev/null
 loom eval --model "$RUNS/default/pipeline" "${EVAL[@]}" --steps 20 --report "$RUNS/eval/stage1.json" > /dev/null

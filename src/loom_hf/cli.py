@@ -9,12 +9,14 @@ import torch
 
 from .utils import (
     FRAME_KEEP_HELP,
+    FRAME_KEEP_TEXT_HELP,
     check_output_folder,
     finite_float,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    share_float,
     written_atomically,
 )
 
@@ -95,6 +97,7 @@ def generate(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance_scale,
             image_guidance_scale=args.image_guidance_scale,
             frame_keep_threshold=args.frame_keep_threshold,
+            frame_keep_text_share=args.frame_keep_text_share,
             generator=torch.Generator().manual_seed(args.seed),
             callback_on_segment=progress.on_segment,
         )
@@ -184,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-guidance-scale", type=finite_float, help="image guidance scale (default: the model's)"
     )
     tutorial.add_argument("--frame-keep-threshold", type=non_negative_float, help=FRAME_KEEP_HELP)
+    tutorial.add_argument("--frame-keep-text-share", type=share_float, help=FRAME_KEEP_TEXT_HELP)
     tutorial.add_argument("--max-history-frames", type=non_negative_int, default=4, help="earlier frames per frame")
     tutorial.add_argument("--history", choices=["sparse", "full", "none"], default="sparse")
     tutorial.add_argument("--seed", type=non_negative_int, default=0)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 __all__ = [
     "FRAME_KEEP_HELP",
+    "FRAME_KEEP_TEXT_HELP",
     "finite_float",
+    "share_float",
     "positive_float",
     "non_negative_float",
     "positive_int",
@@ -28,6 +30,11 @@ __all__ = [
 FRAME_KEEP_HELP = (
     "frame keeping: tokens of the previous frame that a step's own estimate changes by less than this are kept "
     "exactly (default: the model's; 0: off)"
+)
+# The help of `--frame-keep-text-share`, shared likewise.
+FRAME_KEEP_TEXT_HELP = (
+    "with frame keeping, tokens where the step text moves the velocity by at least this share of its largest effect "
+    "change too, in (0, 1] (default: the model's)"
 )
 
 
@@ -55,6 +62,11 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
     return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+
+
+def share_float(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    return _number(text, float, "a number in (0, 1]", lambda v: math.isfinite(v) and 0 < v <= 1)
 
 
 def positive_int(text: str) -> int:

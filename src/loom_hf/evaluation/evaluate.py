@@ -27,12 +27,14 @@ from ..modeling.history import HISTORY_MODES
 from ..pipelines import LoomInterleavedPipeline
 from ..utils import (
     FRAME_KEEP_HELP,
+    FRAME_KEEP_TEXT_HELP,
     check_output_file,
     check_output_folder,
     finite_float,
     non_negative_float,
     non_negative_int,
     positive_int,
+    share_float,
 )
 from .judge import SCORE_KEYS, Judge, JudgeScores, OpenAICompatibleJudge
 from .metrics import plan_exact_match, psnr, ssim, step_fidelity, temporal_coherence
@@ -282,6 +284,7 @@ def evaluate_tutorials(
         image_guidance_scale=pipeline_kwargs.get("image_guidance_scale"),
         frame_keep_threshold=pipeline_kwargs.get("frame_keep_threshold"),
         num_inference_steps=num_inference_steps,
+        frame_keep_text_share=pipeline_kwargs.get("frame_keep_text_share"),
     )
     settings = {
         "seed": seed,
@@ -318,6 +321,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="earlier frames shown when rendering a frame (default sparse; `none` for the w/o-history ablation)",
     )
     parser.add_argument("--frame-keep-threshold", type=non_negative_float, help=FRAME_KEEP_HELP)
+    parser.add_argument("--frame-keep-text-share", type=share_float, help=FRAME_KEEP_TEXT_HELP)
     parser.add_argument("--max-history-frames", type=non_negative_int, default=4, help="history budget K_max (4)")
     parser.add_argument(
         "--no-step-text",
@@ -387,6 +391,7 @@ def run_eval(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance_scale,
             image_guidance_scale=args.image_guidance_scale,
             frame_keep_threshold=args.frame_keep_threshold,
+            frame_keep_text_share=args.frame_keep_text_share,
             history=args.history,
             max_history_frames=args.max_history_frames,
             use_step_text=args.use_step_text,

@@ -207,6 +207,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             with the pipeline (`model_index.json`): BAGEL's 4.0 / 2.0 unless a checkpoint was tuned otherwise.
         default_frame_keep_threshold: the `frame_keep_threshold` of a tutorial call that names none, saved likewise
             (`None`: frame keeping off, as for BAGEL).
+        default_frame_keep_text_share: the `frame_keep_text_share` of a call that keeps frames and names none, saved
+            likewise (`None`: the clean-frame estimate alone decides).
         default_num_inference_steps: the Euler steps per image of a call that names none, saved likewise (50 unless
             a checkpoint samples as well in fewer; the official code's default `num_timesteps=50` is 49 steps).
     """
@@ -227,15 +229,18 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         default_image_guidance_scale: float = 2.0,
         default_frame_keep_threshold: float | None = None,
         default_num_inference_steps: int = 50,
+        default_frame_keep_text_share: float | None = None,
     ):
         super().__init__()
         check_integer("default_num_inference_steps", default_num_inference_steps, minimum=1)
+        check_frame_keep_text_share("default_frame_keep_text_share", default_frame_keep_text_share)
         self.register_modules(model=model, vae=vae, scheduler=scheduler, processor=processor)
         self.register_to_config(
             default_guidance_scale=default_guidance_scale,
             default_image_guidance_scale=default_image_guidance_scale,
             default_frame_keep_threshold=default_frame_keep_threshold,
             default_num_inference_steps=default_num_inference_steps,
+            default_frame_keep_text_share=default_frame_keep_text_share,
         )
         self.image_processor = LoomVaeImageProcessor(vae_scale_factor=self.latent_stride // 2)
         self._guidance_scale, self._num_timesteps, self._interrupt = 1.0, 0, False
@@ -588,13 +593,15 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 sigma = self.scheduler.sigmas[i]
-                velocity = self.guided_velocities(jobs, latents, sigma, settings.guidance, stacks)
+                velocity, text_effect = self._guided_step(jobs, latents, sigma, settings.guidance, stacks)
                 if previous is not None and i == keeping.decision_step(len(timesteps)):
                     kept = previous.has_frame * kept_tokens(
                         latents - sigma * velocity,
                         previous.latents,
                         keeping.threshold,
                         patch_size=self.model.config.latent_patch_size,
+                        text_effect=text_effect,
+                        text_share=keeping.text_share,
                     )
                 latents = self.scheduler.step(velocity, t, latents, generator=step_generator, return_dict=False)[0]
                 if kept is not None:
@@ -638,6 +645,18 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         caches between steps). Inside a job's `entity_weights` (a latent-resolution mask in [0, 1]) the text scale is
         `guidance.entity_scale` instead.
         """
+        return self._guided_step(jobs, latents, sigma, guidance, stacks)[0]
+
+    def _guided_step(
+        self,
+        jobs: list[ImageJob],
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        guidance: GuidanceConfig,
+        stacks: dict[tuple[str, ...], tuple[LoomCache, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[`guided_velocities`] and the text's effect on each latent token, `(N, 1, h/p, w/p)`: the mean absolute
+        difference between the conditional and the text-free velocity (`None` where text guidance is off)."""
         text_scale, image_scale, entity_scale = guidance.scales_at(float(sigma))
         branches = ["cond"]
         if max(text_scale, entity_scale or 1.0) > 1.0:
@@ -675,7 +694,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             entity = torch.cat([unpack_latents(tokens, *grid, patch_size=patch) for tokens in combine(entity_scale)])
             for index in weighted:
                 velocity[index] = torch.lerp(velocity[index], entity[index], jobs[index].entity_weights[0])
-        return velocity
+        text_effect = None
+        if "text_uncond" in by_branch:
+            difference = (by_branch["cond"] - by_branch["text_uncond"]).abs().mean(dim=-1)  # [N, tokens], row-major
+            text_effect = difference.view(len(jobs), 1, *grid)
+        return velocity, text_effect
 
     def _branch_velocities(
         self,
@@ -868,9 +891,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         image_guidance_scale: float | None = None,
         frame_keep_threshold: float | None = None,
         num_inference_steps: int | None = None,
+        frame_keep_text_share: float | None = None,
     ) -> dict[str, float | int | None]:
         """The guidance scales, frame keeping and Euler steps a call of `task` runs with: each value given, or the
-        pipeline's saved `default_*` where it is `None` (frame keeping only for `interleaved`)."""
+        pipeline's saved `default_*` where it is `None` (frame keeping only for `interleaved`, its text share only
+        where frames are kept)."""
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
         if guidance_scale is None:
@@ -879,11 +904,14 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             image_guidance_scale = self.config.default_image_guidance_scale
         if frame_keep_threshold is None and task == "interleaved":
             frame_keep_threshold = self.config.default_frame_keep_threshold
+        if frame_keep_text_share is None and task == "interleaved" and frame_keep_threshold:
+            frame_keep_text_share = self.config.default_frame_keep_text_share
         return {
             "guidance_scale": guidance_scale,
             "image_guidance_scale": image_guidance_scale,
             "frame_keep_threshold": frame_keep_threshold,
             "num_inference_steps": num_inference_steps,
+            "frame_keep_text_share": frame_keep_text_share,
         }
 
     def check_inputs(
@@ -901,6 +929,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         guidance: GuidanceConfig,
         frame_keep_threshold: float | None,
         frame_keep_at: float,
+        frame_keep_text_share: float | None,
         entity_masks,
         timestep_shift: float | None,
         height: int | None,
@@ -952,6 +981,12 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         check_number("frame_keep_at", frame_keep_at, minimum=0.0, maximum=1.0)
         if frame_keep_threshold is not None and task != "interleaved":
             raise ValueError(f"`frame_keep_threshold` applies to task='interleaved' only; got task={task!r}.")
+        check_frame_keep_text_share("frame_keep_text_share", frame_keep_text_share)
+        if frame_keep_text_share is not None and not frame_keep_threshold:
+            raise ValueError(
+                f"`frame_keep_text_share` ({frame_keep_text_share}) widens frame keeping, which is off for this call "
+                f"(task={task!r}, frame_keep_threshold={frame_keep_threshold}); pass a `frame_keep_threshold` > 0."
+            )
         check_number("timestep_shift", timestep_shift, minimum=0.0, exclusive_minimum=True, optional=True)
         self._check_size("height", height)
         self._check_size("width", width)
@@ -1148,6 +1183,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         use_step_text: bool = True,
         frame_keep_threshold: float | None = None,
         frame_keep_at: float = 0.3,
+        frame_keep_text_share: float | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
@@ -1200,6 +1236,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 leaves within this mean absolute difference (and that no changing token touches). 0 turns it off.
                 Default: the pipeline's `default_frame_keep_threshold` (off for BAGEL).
             frame_keep_at: the share of the Euler steps after which a frame decides what it keeps, in [0, 1].
+            frame_keep_text_share: with frame keeping, the tokens where the step's text moves the velocity by at
+                least this share (in (0, 1]) of its largest effect (the conditional against the text-free guidance
+                branch) change too: the part the step names, as the model places it. Needs text guidance on.
+                Default: the pipeline's `default_frame_keep_text_share` (`None`: the estimate alone decides).
             num_inference_steps: Euler steps per image (the official code's `num_timesteps` is this + 1). Default: the
                 pipeline's `default_num_inference_steps` (50 for BAGEL).
             guidance_scale: text guidance (official `cfg_text_scale`); guidance is off at 1 or less. Default: the
@@ -1237,13 +1277,20 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         """
         with self._call_lock:
             # 1. Check inputs; nothing runs before every argument is known to be valid
-            guidance_scale, image_guidance_scale, frame_keep_threshold, num_inference_steps = self.resolved_defaults(
+            resolved = self.resolved_defaults(
                 task,
                 guidance_scale=guidance_scale,
                 image_guidance_scale=image_guidance_scale,
                 frame_keep_threshold=frame_keep_threshold,
                 num_inference_steps=num_inference_steps,
-            ).values()
+                frame_keep_text_share=frame_keep_text_share,
+            )
+            guidance_scale, image_guidance_scale = resolved["guidance_scale"], resolved["image_guidance_scale"]
+            frame_keep_threshold, frame_keep_text_share = (
+                resolved["frame_keep_threshold"],
+                resolved["frame_keep_text_share"],
+            )
+            num_inference_steps = resolved["num_inference_steps"]
             guidance = GuidanceConfig(
                 guidance_scale,
                 image_guidance_scale,
@@ -1265,6 +1312,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 guidance=guidance,
                 frame_keep_threshold=frame_keep_threshold,
                 frame_keep_at=frame_keep_at,
+                frame_keep_text_share=frame_keep_text_share,
                 entity_masks=entity_masks,
                 timestep_shift=timestep_shift,
                 height=height,
@@ -1311,7 +1359,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 timestep_shift=timestep_shift if timestep_shift is not None else self.scheduler.config.shift,
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
-                frame_keeping=FrameKeeping(frame_keep_threshold, frame_keep_at) if frame_keep_threshold else None,
+                frame_keeping=(
+                    FrameKeeping(frame_keep_threshold, frame_keep_at, frame_keep_text_share)
+                    if frame_keep_threshold
+                    else None
+                ),
             )
             segments: list[list[TextSegment | ImageSegment]] = [[] for _ in call.requests]
 
@@ -1425,6 +1477,11 @@ class CallPlan:
     entity_weights: list[torch.Tensor | None]
     sizes: list[tuple[int, int]]
     generators: list[torch.Generator | None]
+
+
+def check_frame_keep_text_share(name: str, value: float | None) -> None:
+    """A frame-keeping text share is `None` or a number in (0, 1] (a share of the largest text effect)."""
+    check_number(name, value, minimum=0.0, maximum=1.0, exclusive_minimum=True, optional=True)
 
 
 def check_release_numbers(*, timestep_shift: float, max_frames: int) -> None:
