@@ -173,3 +173,18 @@ def test_pieces_share_a_pass_up_to_the_token_bound(tiny_pipe, monkeypatch):
         torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(one_pass.cond.next_position, bounded.cond.next_position)
+
+
+@pytest.mark.parametrize(
+    ("implementation", "one_per_pass"),
+    [("sdpa", False), ("eager", False), ("flash_attention_2", True), ("kernels-community/vllm-flash-attn3", True)],
+)
+def test_every_flavour_of_flash_attention_writes_one_piece_per_pass(tiny_pipe, implementation, one_per_pass):
+    """transformers' own test of a flash request decides, so a hub kernel of flash attention counts too."""
+    text_config = tiny_pipe.model.config.get_text_config()
+    before = text_config._attn_implementation
+    text_config._attn_implementation = implementation
+    try:
+        assert tiny_pipe.writes_one_piece_per_pass is one_per_pass
+    finally:
+        text_config._attn_implementation = before

@@ -28,6 +28,7 @@ from transformers.models.qwen2.modeling_qwen2 import (
 )
 from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.generic import is_flash_attention_requested
 from transformers.utils.output_capturing import capture_outputs
 
 from .cache_loom import POSITION_KEEPING_CACHES, LoomCache, LoomStaticCache, next_positions
@@ -419,7 +420,7 @@ class LoomTextModel(LoomPreTrainedModel, CacheMixin):
         with the sum of the squared sample lengths rather than the square of the row length.
         """
         attention_kwargs = {}
-        if self.config._attn_implementation.startswith("flash"):
+        if is_flash_attention_requested(self.config):
             attention_kwargs["is_causal"] = self._flash_is_causal(block_ids, noised, document_ids)
         if self._attends_per_document(inputs_embeds, attention_mask, past_key_values, document_ids):
             spans = document_spans(document_ids)

@@ -17,6 +17,7 @@ from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList
+from transformers.utils.generic import is_flash_attention_requested
 
 from ..file_checks import check_saved_folder, read_json
 from ..modeling import LoomCache, LoomForInterleavedGeneration, LoomProcessor, LoomStaticCache, TokenType
@@ -404,7 +405,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
     def writes_one_piece_per_pass(self) -> bool:
         """Flash attention knows only causal or full attention per call, so under it every text turn and image block
         of a context takes a forward pass of its own."""
-        return self.model.config.get_text_config()._attn_implementation.startswith("flash")
+        return is_flash_attention_requested(self.model.config.get_text_config())
 
     def write_context(self, cache: LoomCache, blocks: ContextBlocks) -> None:
         """Append `blocks` to `cache`, consecutive pieces sharing a forward pass (see [`context_passes`])."""
