@@ -675,12 +675,12 @@ class LoomModel(LoomPreTrainedModel):
             token_types = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         if pixel_values is not None:
             features = self.get_image_features(pixel_values, image_grid_hw)
-            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT, features, "ViT")
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.VIT.value, features, "ViT")
         if latents is not None:
             if timesteps is None:
                 raise ValueError("`latents` need `timesteps` (σ per latent image; 0 for a clean image).")
             features = self.get_latent_embeddings(latents, latent_grid_hw, timesteps)
-            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT, features, "latent")
+            inputs_embeds = self._scatter(inputs_embeds, token_types == TokenType.LATENT.value, features, "latent")
         if frame_ids is not None:
             inputs_embeds = inputs_embeds + self.get_frame_embeddings(frame_ids).to(inputs_embeds.dtype)
 
@@ -699,7 +699,7 @@ class LoomModel(LoomPreTrainedModel):
             position_ids=position_ids,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            gen_mask=token_types == TokenType.LATENT if routes_latents else None,
+            gen_mask=token_types == TokenType.LATENT.value if routes_latents else None,
             block_ids=block_ids,
             noised=noised,
             document_ids=document_ids,
@@ -836,7 +836,7 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         hidden_states = outputs.last_hidden_state
         velocity = None
         if latents is not None:
-            latent_states = hidden_states[mm_token_type_ids == TokenType.LATENT]
+            latent_states = hidden_states[mm_token_type_ids == TokenType.LATENT.value]
             velocity = self.llm2vae(latent_states.to(self.llm2vae.weight.dtype))
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, kept, :])
@@ -866,7 +866,7 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         """
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         token_types = kwargs.get("mm_token_type_ids")
-        has_vit_positions = token_types is not None and bool((token_types == TokenType.VIT).any())
+        has_vit_positions = token_types is not None and bool((token_types == TokenType.VIT.value).any())
         if input_ids is not None and past_key_values is None:
             has_vit_positions = has_vit_positions or bool((input_ids == self.config.image_token_id).any())
         if has_vit_positions and kwargs.get("pixel_values") is None:

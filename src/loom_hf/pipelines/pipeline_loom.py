@@ -724,7 +724,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             per_row = torch.tensor([-1 if f is None else f for f in frames], device=device).repeat_interleave(
                 num_branches
             )
-            inputs["frame_ids"] = torch.where(inputs["mm_token_type_ids"] != TokenType.TEXT, per_row[:, None], -1)
+            inputs["frame_ids"] = torch.where(inputs["mm_token_type_ids"] != TokenType.TEXT.value, per_row[:, None], -1)
         query = torch.ones(rows, len(ids), dtype=padding.dtype, device=device)
         with cache.read_only():
             output = self.model(
