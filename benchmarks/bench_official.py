@@ -16,7 +16,9 @@ writes it as an official release folder into a temporary directory and loads tha
 - `understand`: an image and a question, 32 greedy new tokens;
 - `understand_compiled`: the same, decoding from a static cache with a compiled decoding step
   (`generation_config.cache_implementation = "static"`, which `generate()` compiles by itself on CUDA; here forced on
-  CPU with transformers' testing switch, in inductor's default mode: CUDA graphs need CUDA).
+  CPU with transformers' testing switch, in inductor's default mode: CUDA graphs need CUDA);
+- `t2i_compiled`, `edit_compiled`: `t2i` and `edit` with our model's forward under `torch.compile` (inductor's default
+  mode, what `pipe.model.compile()` does; the official side stays eager, as it runs).
 
 Guidance applies at every step (interval (0, 1]), timestep shift 3.0. Parity comes first and the script stops when it
 fails: from the same initial noise the final latents of both agree within 1e-3, and the 32 generated tokens are the
@@ -99,7 +101,16 @@ PROMPT = "A red square above a blue circle."
 INSTRUCTION = "Make the square green."
 QUESTION = "What is drawn here?"
 # What `make_workloads` builds (each `*_1` partner of a text workload is timed for the cost per token only).
-WORKLOAD_NAMES = ("t2i", "t2i_unguided", "edit", "understand", "understand_compiled", "stock_decode")
+WORKLOAD_NAMES = (
+    "t2i",
+    "t2i_unguided",
+    "edit",
+    "t2i_compiled",
+    "edit_compiled",
+    "understand",
+    "understand_compiled",
+    "stock_decode",
+)
 
 
 # ---------------------------------------------------------------- stand-ins for the official code's CPU gaps
@@ -521,6 +532,22 @@ def compiled_decoding(pipe: LoomInterleavedPipeline, call: Callable[[], object])
     return with_generation_config(pipe, call, cache_implementation="static", compile_config=compile_config)
 
 
+def compiled_model(pipe: LoomInterleavedPipeline, call: Callable[[], object]) -> Callable[[], object]:
+    """`call` with the model's forward compiled by `torch.compile` (inductor's default mode, as `pipe.model.compile()`
+    compiles it) for its duration. One compiled forward serves every call, so only the first calls, parity and
+    warmup, pay for the compilation."""
+    compiled_forward = torch.compile(pipe.model.forward)
+
+    def run():
+        pipe.model.forward = compiled_forward
+        try:
+            return call()
+        finally:
+            del pipe.model.forward  # the class's own forward again
+
+    return run
+
+
 def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) -> list[Workload]:
     image = test_image(args.seed)
     latents = to_diffusers_layout(initial_noise(args.seed), LATENT_GRID, LATENT_GRID)
@@ -571,22 +598,25 @@ def make_workloads(inferencer, generated: list, pipe, args: argparse.Namespace) 
         name: Workload(name, workload.official, compiled_decoding(pipe, workload.ours), workload.tokens)
         for name, workload in (("understand_compiled", full), ("understand_compiled_1", short))
     }
+    t2i = Workload(
+        "t2i",
+        official_image([PROMPT], cfg_img_scale=1.0, image_shapes=(IMAGE_SIZE, IMAGE_SIZE)),
+        our_image([PROMPT], image_guidance_scale=1.0, height=IMAGE_SIZE, width=IMAGE_SIZE),
+    )
+    edit = Workload(
+        "edit",
+        official_image([image, INSTRUCTION], cfg_img_scale=2.0),
+        our_image([image, INSTRUCTION], image_guidance_scale=2.0),
+    )
     return [
-        Workload(
-            "t2i",
-            official_image([PROMPT], cfg_img_scale=1.0, image_shapes=(IMAGE_SIZE, IMAGE_SIZE)),
-            our_image([PROMPT], image_guidance_scale=1.0, height=IMAGE_SIZE, width=IMAGE_SIZE),
-        ),
+        t2i,
         Workload(  # without guidance both sides run one forward per step: what the guided t2i gains is its branch
             "t2i_unguided",
             official_image([PROMPT], cfg_text_scale=1.0, cfg_img_scale=1.0, image_shapes=(IMAGE_SIZE, IMAGE_SIZE)),
             our_image([PROMPT], guidance_scale=1.0, image_guidance_scale=1.0, height=IMAGE_SIZE, width=IMAGE_SIZE),
         ),
-        Workload(
-            "edit",
-            official_image([image, INSTRUCTION], cfg_img_scale=2.0),
-            our_image([image, INSTRUCTION], image_guidance_scale=2.0),
-        ),
+        edit,
+        *(Workload(f"{w.name}_compiled", w.official, compiled_model(pipe, w.ours)) for w in (t2i, edit)),
         full,
         short,
         *compiled.values(),
