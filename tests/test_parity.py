@@ -74,9 +74,14 @@ def test_fixture_case(request, fixture_cases, name, variant):
     torch.testing.assert_close(final, expected, atol=1e-4, rtol=0)
 
     # The official image is `uint8((x · 0.5 + 0.5).clamp(0, 1) · 255)`, truncated as ours is: decoding the official
-    # final latent gives it exactly. Our own final latent (within 1e-4 of it) may move a pixel across a level.
+    # final latent gives it, except where a pixel's value lies within float rounding of a level, so that the CPU's
+    # kernels decide the side (seen: 117.00003 here against the official 116, on an AVX-512/AMX machine). Our own final
+    # latent (within 1e-4 of it) may move a pixel across a level.
     official = reference["decoded_uint8"].numpy()
-    np.testing.assert_array_equal(np.asarray(bagel_pipeline.decode_latents(expected, "pil")[0]), official)
+    levels = bagel_pipeline.decode_latents(expected, "np")[0] * 255
+    differs = np.asarray(bagel_pipeline.decode_latents(expected, "pil")[0]) != official
+    assert np.abs(levels[differs] - official[differs]).max(initial=0) <= 1 + 1e-3
+    assert np.abs(levels[differs] - np.round(levels[differs])).max(initial=0) <= 1e-3
     decoded = np.asarray(bagel_pipeline.decode_latents(final, "pil")[0]).astype(int)
     assert np.abs(decoded - official.astype(int)).max() <= 1
 
