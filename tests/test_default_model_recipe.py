@@ -89,6 +89,8 @@ def test_data_autoencoder_model_training_export_and_generation(tmp_path):
         "--logging_steps",
         "1",
         "--cache_latents",
+        "--changed_token_loss_weight",
+        "4",
         cwd=tmp_path,
     )
     run(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from transformers import TrainerCallback
 
 from loom_hf import LoomImageProcessor, TokenType
@@ -154,6 +154,45 @@ def test_loss_index_sets(pipe):
     # History frames and the target carry their frame indices; text never does.
     frames = batch["frame_ids"][0]
     assert set(frames[types != TokenType.TEXT].tolist()) == {0, 1, 2} and (frames[types == TokenType.TEXT] == -1).all()
+
+
+def door_row() -> dict:
+    """A two-step tutorial whose second step draws an 8x12 px door on a blank canvas."""
+    blank = Image.new("RGB", (64, 64), (240, 240, 240))
+    door = blank.copy()
+    ImageDraw.Draw(door).rectangle([20, 36, 27, 47], fill=(120, 60, 20))
+    return {**tutorial_row(2), "step_images": [blank, door]}
+
+
+def test_changed_tokens_are_what_a_step_draws(pipe):
+    """A tutorial target's latent tokens whose pixels differ from the frame before it are marked (for
+    `changed_token_loss_weight`); the first frame has no frame before it and marks none."""
+    row = door_row()
+    batch = collate_without_dropout(pipe, [build_instance(row, key=1), build_instance(row, key=0)])
+    stride = pipe.processor.image_processor.vae_image_size[2]
+    expected = torch.zeros(64 // stride, 64 // stride, dtype=torch.bool)
+    expected[36 // stride : 47 // stride + 1, 20 // stride : 27 // stride + 1] = True
+    assert 0 < int(expected.sum()) < expected.numel()
+    assert batch["latent_changed"].tolist() == expected.flatten().tolist() + [False] * expected.numel()
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_changed_tokens_weigh_in_the_flow_loss_and_its_token_count(pipe, rows, tmp_path, weight):
+    """With `changed_token_loss_weight` w the changed tokens of a target count w times, both in the MSE's weights and
+    in the accumulation window's token count; history frames count nothing."""
+    row = door_row()
+    trainer = make_trainer(pipe, rows, tmp_path, max_steps=1, changed_token_loss_weight=weight)
+    batch = collate_without_dropout(pipe, [build_instance(row, key=1)])
+    changed = batch["latent_changed"]
+    _, counts = trainer.get_batch_samples(iter([batch]), 1, torch.device("cpu"))
+    assert counts.tolist() == [
+        float((batch["labels"][:, 1:] != -100).sum()),
+        len(changed) + (weight - 1) * changed.sum(),
+    ]
+    weights = trainer._latents(dict(batch)).weights
+    history, target = weights.split([len(weights) - len(changed), len(changed)])
+    assert (history == 0).all()
+    assert target.tolist() == (1 + (weight - 1) * changed.float()).tolist()
 
 
 def test_plan_row_trains_the_planner_on_text_alone(pipe):
@@ -366,6 +405,8 @@ def test_trainer_helpers_take_their_settings_by_keyword(function, positional):
         ("timestep_shift", 0.0),
         ("ema_decay", 1.0),
         ("vae_pixels_per_call", 0),
+        ("changed_token_loss_weight", 0.0),
+        ("changed_token_loss_weight", float("nan")),
     ],
 )
 def test_training_arguments_reject_bad_values_by_name(argument, value, tmp_path):

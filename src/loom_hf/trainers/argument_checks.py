@@ -33,6 +33,7 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "vit_dropout": ("be a probability in [0, 1]", lambda v: 0 <= v <= 1),
     "vae_dropout": ("be a probability in [0, 1]", lambda v: 0 <= v <= 1),
     "timestep_shift": (_POSITIVE, lambda v: v > 0),
+    "changed_token_loss_weight": (_POSITIVE, lambda v: v > 0),
     "max_history_frames": (_NON_NEGATIVE, lambda v: v >= 0),
     "max_tokens_per_batch": ("be >= 1", lambda v: v >= 1),
     "vae_pixels_per_call": ("be >= 1", lambda v: v >= 1),

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..modeling.packing import TokenType
@@ -220,6 +221,8 @@ class LoomDataCollator:
                 )
                 images["latent_grid_hw"].append(laid.grid)
                 images["latent_is_target"].append(item.target)
+                if item.target:
+                    images["latent_changed"].append(self._changed_tokens(item, image, laid.grid))
             else:
                 patches, grid = image_processor.vit_patches(image)
                 if grid != laid.grid:
@@ -229,6 +232,19 @@ class LoomDataCollator:
                 images["pixel_values"].append(patches)
                 images["image_grid_hw"].append(grid)
         return block
+
+    def _changed_tokens(self, item: ImageItem, image, grid: tuple[int, int]) -> torch.Tensor:
+        """`[h·w]` bool: the latent tokens of a target whose pixels differ from its `previous` frame (none without
+        one), in the latent blocks' row-major token order."""
+        if item.previous is None:
+            return torch.zeros(grid[0] * grid[1], dtype=torch.bool)
+        previous = self.processor.image_processor.resize_for_vae(item.previous)
+        if previous.size != image.size:
+            raise ValueError(f"A tutorial frame is {image.size} but the frame before it is {previous.size}.")
+        difference = torch.from_numpy(np.asarray(image, dtype=np.int16) - np.asarray(previous, dtype=np.int16))
+        changed = difference.abs().amax(dim=-1) > 0
+        stride = self.processor.image_processor.vae_image_size[2]
+        return changed.reshape(grid[0], stride, grid[1], stride).any(dim=3).any(dim=1).flatten()
 
     def __call__(self, instances: list[Instance] | DrawnBatch) -> dict:
         """One batch of `instances`; a [`DrawnBatch`] draws its condition dropout from its own seed."""
@@ -240,7 +256,14 @@ class LoomDataCollator:
             raise ValueError("The collator received no instances.")
         images = {
             key: []
-            for key in ("vae_pixel_values", "latent_grid_hw", "latent_is_target", "pixel_values", "image_grid_hw")
+            for key in (
+                "vae_pixel_values",
+                "latent_grid_hw",
+                "latent_is_target",
+                "latent_changed",
+                "pixel_values",
+                "image_grid_hw",
+            )
         }
         rows, block = [], 0
         for document, instance in enumerate(instances):
@@ -259,6 +282,10 @@ class LoomDataCollator:
         batch["vae_pixel_values"] = images["vae_pixel_values"]
         batch["latent_grid_hw"] = torch.tensor(images["latent_grid_hw"], dtype=torch.long).reshape(-1, 2)
         batch["latent_is_target"] = torch.tensor(images["latent_is_target"], dtype=torch.bool)
+        # Per token of the target blocks, in order: whether its tutorial step changes it.
+        batch["latent_changed"] = (
+            torch.cat(images["latent_changed"]) if images["latent_changed"] else torch.zeros(0, dtype=torch.bool)
+        )
         return batch
 
     def _tensors(self, rows: list[_Sequence]) -> dict:

@@ -31,7 +31,8 @@ class TextItem:
 class ImageItem:
     """An image. A condition enters as clean latents (`use_vae`) and ViT tokens (`use_vit`), each removable by
     condition dropout when `droppable`; a target enters as noised latents trained with the flow loss. `frame` is its
-    temporal index in a tutorial."""
+    temporal index in a tutorial; `previous`, a tutorial target's frame before it (what its step changes is marked
+    from the two, for `changed_token_loss_weight`)."""
 
     image: PIL.Image.Image
     target: bool = False
@@ -40,6 +41,7 @@ class ImageItem:
     droppable: bool = True
     frame: int | None = None
     latents: torch.Tensor | None = None  # cached clean latent tokens `[h·w, p·p·C]` (see `cache_latents`)
+    previous: PIL.Image.Image | None = None
 
 
 Instance = list[TextItem | ImageItem]
@@ -94,7 +96,13 @@ def build_instance(
             TextItem(format_plan(steps), loss=True),
             *[ImageItem(frames[index][0], frame=index, latents=frames[index][1]) for index in chosen],
             *([TextItem(step_turn(key + 1, steps[key]))] if use_step_text else []),
-            ImageItem(frames[key][0], target=True, frame=key, latents=frames[key][1]),
+            ImageItem(
+                frames[key][0],
+                target=True,
+                frame=key,
+                latents=frames[key][1],
+                previous=frames[key - 1][0] if key > 0 else None,
+            ),
         ]
     if task == "plan":
         return [

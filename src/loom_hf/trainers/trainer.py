@@ -53,6 +53,14 @@ class LoomTrainingArguments(TrainingArguments):
     vit_dropout: float = field(default=0.3, metadata={"help": "Probability of dropping a ViT image block."})
     vae_dropout: float = field(default=0.3, metadata={"help": "Probability of dropping a clean latent block."})
     timestep_shift: float = field(default=1.0, metadata={"help": "Shift of the logit-normal flow times."})
+    changed_token_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "MSE weight of a tutorial frame's latent tokens that its step changes (pixels that differ from the "
+            "frame before), against 1 for the rest: a step's new part is a few tokens of a frame mostly copied from "
+            "its history. 1 weighs every token alike."
+        },
+    )
     train_experts: str = field(
         default="all",
         metadata={
@@ -127,7 +135,9 @@ class LoomTrainer(Trainer):
 
     The loss is `ce_loss_weight · CE + MSE`, each normalised by its token count over the whole gradient-accumulation
     window and all processes (BAGEL's token normalisation): CE over the supervised text tokens, MSE over the noised
-    latent tokens against the flow velocity `noise − x0`. Both parts are logged as `ce_loss` and `mse_loss`.
+    latent tokens against the flow velocity `noise − x0`. Both parts are logged as `ce_loss` and `mse_loss`. With
+    `changed_token_loss_weight` w, a tutorial frame's tokens that its step changes count w times in the MSE and its
+    token count (a weighted mean).
 
     The frozen VAE stays outside the trained (and possibly distributed) model; latents are encoded under
     `no_grad` in `compute_loss`.
@@ -184,9 +194,10 @@ class LoomTrainer(Trainer):
                 batch_samples.append(next(epoch_iterator))
             except StopIteration:
                 break
-        counts = torch.zeros(2, dtype=torch.long, device=device)
+        counts = torch.zeros(2, dtype=torch.float32, device=device)
+        weight = self.args.changed_token_loss_weight
         for batch in batch_samples:
-            counts += torch.stack([_ce_count(batch["labels"]), _mse_count(batch)]).to(device)
+            counts += torch.stack([_ce_count(batch["labels"]), _mse_count(batch, weight)]).to(device)
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         return batch_samples, counts
@@ -221,10 +232,11 @@ class LoomTrainer(Trainer):
         """Take the batch's latent blocks out of it, encode them and noise the targets (step 1 of `compute_loss`).
 
         Sets the model inputs `latents` and `timesteps`; returns the noised latents, their flow velocity targets and
-        the mask of target tokens, or `None` for a batch without latent blocks (text alone: nothing to noise).
+        the MSE weight of every token, or `None` for a batch without latent blocks (text alone: nothing to noise).
         """
         pixels = batch.pop("vae_pixel_values")
         is_target = batch.pop("latent_is_target").to(self.args.device)
+        changed = batch.pop("latent_changed").to(self.args.device)
         if not pixels:
             return None
         clean = self._clean_latent_tokens(pixels)
@@ -240,7 +252,10 @@ class LoomTrainer(Trainer):
         noise = torch.randn_like(clean)
         batch["latents"] = (1 - per_token) * clean + per_token * noise
         batch["timesteps"] = sigma
-        return _NoisedLatents(batch["latents"], noise - clean, is_target.repeat_interleave(lengths))
+        target_tokens = is_target.repeat_interleave(lengths)
+        weights = torch.zeros(len(target_tokens), device=self.args.device)
+        weights[target_tokens] = 1 + (self.args.changed_token_loss_weight - 1) * changed.float()
+        return _NoisedLatents(batch["latents"], noise - clean, weights)
 
     def compute_loss(self, model, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         """`ce_loss_weight · CE + MSE` of one micro-batch: noise the targets, compute the normalised loss from its
@@ -287,8 +302,8 @@ class LoomTrainer(Trainer):
         mse_sum = outputs.logits.new_zeros((), dtype=torch.float32)
         if noised is not None:
             error = (outputs.velocity.float() - noised.velocity) ** 2
-            mask = noised.is_target
-            mse_sum = error[mask].mean(dim=-1).sum() if mask.any() else error.sum() * 0
+            mask = noised.weights > 0
+            mse_sum = (error[mask].mean(dim=-1) * noised.weights[mask]).sum() if mask.any() else error.sum() * 0
         self._check_finite_losses(ce_sum=ce_sum, mse_sum=mse_sum)
         counts = window_counts.to(ce_sum.device).clamp(min=1).float()
         loss = self.args.ce_loss_weight * ce_sum / counts[0] + mse_sum / counts[1]
@@ -414,16 +429,16 @@ class LoomTrainer(Trainer):
 
 
 class _NoisedLatents(NamedTuple):
-    """The latent tokens of a batch after noising: what the model sees, the flow targets, which tokens are noised."""
+    """The latent tokens of a batch after noising: what the model sees, the flow targets, each token's MSE weight."""
 
     latents: torch.Tensor  # [tokens, dim] model inputs: clean for conditions, noised for targets
     velocity: torch.Tensor  # [tokens, dim] flow-matching targets `noise − x0`
-    is_target: torch.Tensor  # [tokens] bool: the tokens of noised target blocks (the MSE's tokens)
+    weights: torch.Tensor  # [tokens] float: 0 off the noised target blocks, else 1 or `changed_token_loss_weight`
 
 
 def _micro_batch_counts(labels: torch.Tensor, noised: _NoisedLatents | None) -> torch.Tensor:
-    """(CE tokens, MSE tokens) of one micro-batch: supervised text tokens and noised latent tokens."""
-    return torch.stack([_ce_count(labels), noised.is_target.sum() if noised is not None else labels.new_zeros(())])
+    """(CE tokens, MSE tokens) of one micro-batch: supervised text tokens and the noised latent tokens' weights."""
+    return torch.stack([_ce_count(labels), noised.weights.sum() if noised is not None else labels.new_zeros(())])
 
 
 def _finite(parameter: torch.Tensor) -> bool:
@@ -437,9 +452,10 @@ def _ce_count(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
-def _mse_count(batch: dict) -> torch.Tensor:
-    """Noised latent tokens of a collated batch."""
+def _mse_count(batch: dict, changed_weight: float = 1.0) -> torch.Tensor:
+    """Noised latent tokens of a collated batch, a changed tutorial token counting `changed_weight` times."""
     grids = batch["latent_grid_hw"]
     if grids.numel() == 0:
-        return torch.zeros((), dtype=torch.long)
-    return (grids[:, 0] * grids[:, 1] * batch["latent_is_target"]).sum()
+        return torch.zeros(())
+    targets = (grids[:, 0] * grids[:, 1] * batch["latent_is_target"]).sum()
+    return targets + (changed_weight - 1) * batch["latent_changed"].sum()
