@@ -176,6 +176,14 @@ def test_changed_tokens_are_what_a_step_draws(pipe):
     assert batch["latent_changed"].tolist() == expected.flatten().tolist() + [False] * expected.numel()
 
 
+def test_a_frame_of_another_size_than_the_one_before_marks_no_changed_token(pipe):
+    """A tutorial may change its frame size; its frame then has no pixel to compare and trains unweighted."""
+    row = {**tutorial_row(2), "step_images": [Image.new("RGB", (64, 64)), Image.new("RGB", (64, 48), (200, 0, 0))]}
+    batch = collate_without_dropout(pipe, [build_instance(row, key=1)])
+    grid = batch["latent_grid_hw"][batch["latent_is_target"]][0]
+    assert batch["latent_changed"].tolist() == [False] * int(grid.prod())
+
+
 @pytest.mark.parametrize("weight", [1.0, 4.0])
 def test_changed_tokens_weigh_in_the_flow_loss_and_its_token_count(pipe, rows, tmp_path, weight):
     """With `changed_token_loss_weight` w the changed tokens of a target count w times, both in the MSE's weights and

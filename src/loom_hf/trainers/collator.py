@@ -234,13 +234,15 @@ class LoomDataCollator:
         return block
 
     def _changed_tokens(self, item: ImageItem, image, grid: tuple[int, int]) -> torch.Tensor:
-        """`[h·w]` bool: the latent tokens of a target whose pixels differ from its `previous` frame (none without
-        one), in the latent blocks' row-major token order."""
+        """`[h·w]` bool: the latent tokens of a target whose pixels differ from its `previous` frame, in the latent
+        blocks' row-major token order; none without a previous frame or beside one of another size (a valid tutorial
+        may change its frame size, and then no pixel corresponds)."""
+        unmarked = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
         if item.previous is None:
-            return torch.zeros(grid[0] * grid[1], dtype=torch.bool)
+            return unmarked
         previous = self.processor.image_processor.resize_for_vae(item.previous)
         if previous.size != image.size:
-            raise ValueError(f"A tutorial frame is {image.size} but the frame before it is {previous.size}.")
+            return unmarked
         difference = torch.from_numpy(np.asarray(image, dtype=np.int16) - np.asarray(previous, dtype=np.int16))
         changed = difference.abs().amax(dim=-1) > 0
         stride = self.processor.image_processor.vae_image_size[2]
