@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from loom_hf import DEFAULT_MODEL, LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from loom_hf.modeling import LoomTextConfig
-from loom_hf.modeling.modeling_loom import ExpertRoute
+from loom_hf.modeling.modeling_loom import ExpertRoute, LoomRMSNorm
 from loom_hf.tiny import tiny_config, tiny_tokenizer
 
 from .conftest import FIXTURE
@@ -145,6 +146,20 @@ def test_forks_grow_independently(model_and_inputs):
     model(**first, past_key_values=fork)
     assert fork.get_seq_length() == 2 * cache.get_seq_length()
     assert fork.next_position.item() == 2 * cache.next_position.item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_qwen2s_bit_for_bit(dtype):
+    """The one-call norm keeps Qwen2's weight name and arithmetic: same state dict, identical outputs on the CPU."""
+    torch.manual_seed(0)
+    qwen, lean = Qwen2RMSNorm(32, eps=1e-6), LoomRMSNorm(32, eps=1e-6)
+    qwen.weight.data.normal_()
+    lean.load_state_dict(qwen.state_dict())
+    qwen, lean = qwen.to(dtype), lean.to(dtype)
+    hidden = (torch.randn(3, 5, 8, 32) * 7).to(dtype)
+    assert lean.state_dict().keys() == qwen.state_dict().keys()
+    assert lean(hidden).dtype == qwen(hidden).dtype
+    assert torch.equal(lean(hidden), qwen(hidden))
 
 
 @torch.no_grad()
