@@ -163,10 +163,13 @@ class LoomRMSNorm(Qwen2RMSNorm):
     """Qwen2's RMSNorm (same weight, same float32 arithmetic) computed by one `F.rms_norm` call instead of Qwen2's
     chain of elementwise operators: a decoded token runs 17 norms on the small configuration, and their per-operator
     cost (dispatch on a CPU, kernel launches on a GPU) is most of what they take. Bit-identical to Qwen2's on the CPU;
-    where torch has a fused kernel (CUDA) equal within float rounding."""
+    where torch has a fused kernel (CUDA) equal within float rounding. In float32 the weight goes into the same call
+    (Qwen2 casts before it multiplies, which float32 makes a no-op)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
+        if input_dtype == self.weight.dtype == torch.float32:
+            return F.rms_norm(hidden_states, hidden_states.shape[-1:], self.weight, eps=self.variance_epsilon)
         normed = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.variance_epsilon)
         return self.weight * normed.to(input_dtype)
 
@@ -622,13 +625,22 @@ class LoomModel(LoomPreTrainedModel):
 
     @staticmethod
     def rope_positions(
-        block_ids: torch.LongTensor | None, past_key_values: Cache | None, attention_mask: torch.Tensor | None
+        input_shape: torch.Size,
+        block_ids: torch.LongTensor | None,
+        past_key_values: Cache | None,
+        attention_mask: torch.Tensor | None,
+        device: torch.device,
     ) -> torch.LongTensor:
-        """BAGEL RoPE positions of the new tokens, continuing the cache (see [`next_positions`])."""
+        """BAGEL RoPE positions of the new tokens of `input_shape` `[batch, length]`, continuing the cache (see
+        [`next_positions`]). One new token per row (a decoded token) takes the next position whatever it is, so its
+        positions need no block ids."""
+        start = next_positions(past_key_values).to(device)
+        if input_shape[1] == 1:
+            return start.reshape(-1, 1).expand(input_shape[0], 1)
         if block_ids is None:
             raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
         padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
-        return rope_position_ids(block_ids, next_positions(past_key_values).to(block_ids.device), padding)
+        return rope_position_ids(block_ids, start, padding)
 
     @staticmethod
     def _check_cache_keeps_positions(past_key_values: Cache | None, block_ids: torch.LongTensor | None) -> None:
@@ -700,11 +712,14 @@ class LoomModel(LoomPreTrainedModel):
         # 2. Positions: BAGEL's counter, continuing the cache
         if use_cache and past_key_values is None:
             past_key_values = LoomCache()
-        if block_ids is None and input_ids is not None:
+        # A single new token per row is in no block that matters: the mask lets it see every earlier key anyway.
+        if block_ids is None and input_ids is not None and input_ids.shape[1] > 1:
             block_ids = image_block_ids(input_ids, self.config.vision_start_token_id, self.config.vision_end_token_id)
         self._check_cache_keeps_positions(past_key_values, block_ids)
         if position_ids is None:
-            position_ids = self.rope_positions(block_ids, past_key_values, attention_mask)
+            position_ids = self.rope_positions(
+                inputs_embeds.shape[:2], block_ids, past_key_values, attention_mask, device=inputs_embeds.device
+            )
 
         # 3. Decode
         outputs = self.language_model(
