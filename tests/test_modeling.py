@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
 
 from loom_hf import DEFAULT_MODEL, LoomCache, LoomConfig, LoomForInterleavedGeneration, LoomProcessor, TokenType
 from loom_hf.modeling import LoomTextConfig
-from loom_hf.modeling.modeling_loom import ExpertRoute, LoomRMSNorm
+from loom_hf.modeling.modeling_loom import ExpertRoute, LoomMLP, LoomRMSNorm
 from loom_hf.tiny import tiny_config, tiny_tokenizer
 
 from .conftest import FIXTURE
@@ -160,6 +160,28 @@ def test_rms_norm_is_qwen2s_bit_for_bit(dtype):
     assert lean.state_dict().keys() == qwen.state_dict().keys()
     assert lean(hidden).dtype == qwen(hidden).dtype
     assert torch.equal(lean(hidden), qwen(hidden))
+
+
+@pytest.mark.parametrize("hidden_act", ["silu", "gelu"])
+def test_mlp_is_qwen2s_bit_for_bit(hidden_act):
+    """Outside autograd the MLP writes its activation and product in place: same outputs as Qwen2's, its input and
+    projections' weights untouched; with autograd on it is Qwen2's own forward, so gradients flow as before."""
+    torch.manual_seed(0)
+    config = LoomTextConfig(hidden_size=32, intermediate_size=64, hidden_act=hidden_act)
+    qwen, lean = Qwen2MLP(config), LoomMLP(config)
+    lean.load_state_dict(qwen.state_dict())
+    hidden = torch.randn(3, 5, 32)
+    kept = hidden.clone()
+    with torch.no_grad():
+        assert torch.equal(lean(hidden), qwen(hidden))
+    assert torch.equal(hidden, kept)
+    hidden.requires_grad_(True)
+    lean(hidden).square().sum().backward()
+    expected = hidden.grad.clone()
+    hidden.grad = None
+    qwen(hidden).square().sum().backward()
+    assert torch.equal(hidden.grad, expected)
+    assert torch.equal(lean.gate_proj.weight.grad, qwen.gate_proj.weight.grad)
 
 
 @torch.no_grad()

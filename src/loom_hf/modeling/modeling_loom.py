@@ -15,7 +15,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sin
 from torch import nn
 from transformers import AttentionInterface, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
+from transformers.activations import ACT2FN, SiLUActivation
 from transformers.cache_utils import Cache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -174,6 +174,21 @@ class LoomRMSNorm(Qwen2RMSNorm):
         return self.weight * normed.to(input_dtype)
 
 
+class LoomMLP(Qwen2MLP):
+    """Qwen2's gated MLP (same weights, same arithmetic). Outside autograd its SiLU and product are written into the
+    gate projection's fresh output instead of two new `[tokens, intermediate_size]` tensors: under glibc's malloc a
+    large fresh activation is mapped from the kernel and faulted in page by page, which made a batch of images pay
+    more for its activations than for their arithmetic on a CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        gated = F.silu(gate, inplace=True) if isinstance(self.act_fn, SiLUActivation) else self.act_fn(gate)
+        product = gated.mul_(up) if gated.dtype == up.dtype else gated * up
+        return self.down_proj(product)
+
+
 class LoomAttention(nn.Module):
     """Joint self-attention of the two experts: per-expert q/k/v/o projections and q/k norms, one softmax."""
 
@@ -268,8 +283,8 @@ class LoomDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: LoomTextConfig, layer_idx: int):
         super().__init__()
         self.self_attn = LoomAttention(config, layer_idx)
-        self.mlp = Qwen2MLP(config)
-        self.mlp_moe_gen = Qwen2MLP(config)
+        self.mlp = LoomMLP(config)
+        self.mlp_moe_gen = LoomMLP(config)
         self.input_layernorm = LoomRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.input_layernorm_moe_gen = LoomRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LoomRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
