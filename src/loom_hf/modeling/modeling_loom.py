@@ -651,7 +651,7 @@ class LoomModel(LoomPreTrainedModel):
         positions need no block ids."""
         start = next_positions(past_key_values).to(device)
         if input_shape[1] == 1:
-            return start.reshape(-1, 1).expand(input_shape[0], 1)
+            return start.reshape(-1, 1).expand(input_shape[0], 1).clone()  # not a view of the cache's counter
         if block_ids is None:
             raise ValueError("Without `input_ids`, pass `position_ids` (or `block_ids`) for BAGEL positions.")
         padding = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
