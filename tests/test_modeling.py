@@ -184,6 +184,18 @@ def test_mlp_is_qwen2s_bit_for_bit(hidden_act):
     assert torch.equal(lean.gate_proj.weight.grad, qwen.gate_proj.weight.grad)
 
 
+def test_mlp_leaves_a_watched_gate_output_alone():
+    """A forward hook that keeps the gate projection's output still sees the projection, not the product."""
+    torch.manual_seed(0)
+    mlp = LoomMLP(LoomTextConfig(hidden_size=32, intermediate_size=64))
+    kept = []
+    mlp.gate_proj.register_forward_hook(lambda module, args, output: kept.append(output))
+    hidden = torch.randn(2, 3, 32)
+    with torch.no_grad():
+        mlp(hidden)
+        assert torch.equal(kept[0], mlp.gate_proj(hidden))
+
+
 @torch.no_grad()
 def test_experts_route_by_token_type(model_and_inputs):
     """Generation-expert weights act on latent tokens only; understanding weights on text and ViT tokens."""

@@ -178,10 +178,11 @@ class LoomMLP(Qwen2MLP):
     """Qwen2's gated MLP (same weights, same arithmetic). Outside autograd its SiLU and product are written into the
     gate projection's fresh output instead of two new `[tokens, intermediate_size]` tensors: under glibc's malloc a
     large fresh activation is mapped from the kernel and faulted in page by page, which made a batch of images pay
-    more for its activations than for their arithmetic on a CPU."""
+    more for its activations than for their arithmetic on a CPU. A forward hook on `gate_proj` (which could keep its
+    output and would see it change) switches this off."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.gate_proj._forward_hooks:
             return super().forward(x)
         gate, up = self.gate_proj(x), self.up_proj(x)
         gated = F.silu(gate, inplace=True) if isinstance(self.act_fn, SiLUActivation) else self.act_fn(gate)
