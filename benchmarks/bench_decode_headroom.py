@@ -5,19 +5,20 @@
 On the small configuration (hidden 256, 4 MoT layers, float32, CPU) a context of `--context` random text tokens is
 written into a `LoomCache`; from it three decoders produce `--tokens` greedy tokens each, one token per forward:
 
-- `model`: `LoomForInterleavedGeneration.forward`, as `generate()` calls it (the modules, transformers' attention
-  interface, rotary and cache classes, the experts' routing);
+- `model`: `LoomForInterleavedGeneration.forward` on one token at a time with the cache (the modules, transformers'
+  attention interface, rotary and cache classes, the experts' routing);
 - `functional`: the same weights through torch functions only (`F.embedding`, `F.rms_norm`, `F.linear`, the rotary
   arithmetic, `F.scaled_dot_product_attention`, keys and values appended by `torch.cat`): what any eager decode of
-  these weights has to run, without modules or wrappers. Its tokens must equal the model's (checked first);
+  these weights has to run, without modules or wrappers. Its tokens must equal the model's (checked first, over at
+  least 8 tokens, so that a wrong position or rotary shows);
 - `linears`: the linear layers alone, on a decoded token's shapes (29 per token here): the floor no eager decode path
   on the same matrix library goes below.
 
-The three take turns (who goes first alternates); reported are the median milliseconds per token of each and the
-median of the per-repeat ratios model / functional and linears / model. The official BAGEL code runs the same
-Qwen2 modules as the model (`bench_official.py`: about the model's speed per token), so model / functional bounds
-what an eager decode path could gain over it by leaving the module structure, and the linears' share what is left
-to any path.
+The three take turns (the order rotates from one repeat to the next); reported are the median milliseconds per token
+of each and the median of the per-repeat ratios model / functional and linears / model. The official BAGEL code runs
+the same Qwen2 modules as the model (`bench_official.py`: about the model's speed per token), so model / functional
+bounds what an eager decode path could gain over it by leaving the module structure, and the linears' share what is
+left to any path.
 """
 
 import argparse
@@ -130,9 +131,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    for name in ("tokens", "context", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    for name, least in (("tokens", 8), ("context", 1), ("repeats", 1), ("threads", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} must be at least {least}")
     torch.set_num_threads(args.threads)
 
     with torch.no_grad():
@@ -155,7 +156,8 @@ def main() -> None:
         times = {name: [] for name in sides}
         for repeat in range(args.repeats + 1):  # the first round warms up
             order = list(sides.items())
-            for name, call in order if repeat % 2 == 0 else order[::-1]:
+            shift = repeat % len(order)
+            for name, call in order[shift:] + order[:shift]:
                 start = time.perf_counter()
                 call()
                 if repeat:

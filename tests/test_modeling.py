@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoProcessor, DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
@@ -184,16 +185,42 @@ def test_mlp_is_qwen2s_bit_for_bit(hidden_act):
     assert torch.equal(lean.gate_proj.weight.grad, qwen.gate_proj.weight.grad)
 
 
-def test_mlp_leaves_a_watched_gate_output_alone():
-    """A forward hook that keeps the gate projection's output still sees the projection, not the product."""
+@pytest.mark.parametrize("watcher", ["gate_proj", "act_fn", "global", "diffusers"])
+def test_mlp_leaves_watched_outputs_alone(watcher):
+    """A hook that keeps the gate projection's or the activation's output still sees it, not the product: a torch
+    forward hook (on the module or global), or a diffusers hook (TaylorSeer given `gate_proj` as an identifier keeps
+    the outputs it extrapolates from); and a hooked activation is called."""
     torch.manual_seed(0)
-    mlp = LoomMLP(LoomTextConfig(hidden_size=32, intermediate_size=64))
+    mlp = LoomMLP(LoomTextConfig(hidden_size=32, intermediate_size=64, hidden_act="silu"))
+    watched = mlp.act_fn if watcher == "act_fn" else mlp.gate_proj
     kept = []
-    mlp.gate_proj.register_forward_hook(lambda module, args, output: kept.append(output))
+
+    def keep(module, args, output):
+        if module is watched:
+            kept.append(output)
+
+    class Keep(ModelHook):
+        def post_forward(self, module, output):
+            kept.append(output)
+            return output
+
+    if watcher == "global":
+        handle = torch.nn.modules.module.register_module_forward_hook(keep)
+    elif watcher == "diffusers":
+        HookRegistry.check_if_exists_or_initialize(watched).register_hook(Keep(), "keep")
+    else:
+        watched.register_forward_hook(keep)
     hidden = torch.randn(2, 3, 32)
-    with torch.no_grad():
-        mlp(hidden)
-        assert torch.equal(kept[0], mlp.gate_proj(hidden))
+    try:
+        with torch.no_grad():
+            mlp(hidden)
+            expected = mlp.gate_proj(hidden)
+    finally:
+        if watcher == "global":
+            handle.remove()
+    if watcher == "act_fn":
+        expected = torch.nn.functional.silu(expected)
+    assert torch.equal(kept[0], expected)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks
 from transformers import AttentionInterface, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN, SiLUActivation
@@ -178,16 +179,27 @@ class LoomMLP(Qwen2MLP):
     """Qwen2's gated MLP (same weights, same arithmetic). Outside autograd its SiLU and product are written into the
     gate projection's fresh output instead of two new `[tokens, intermediate_size]` tensors: under glibc's malloc a
     large fresh activation is mapped from the kernel and faulted in page by page, which made a batch of images pay
-    more for its activations than for their arithmetic on a CPU. A forward hook on `gate_proj` (which could keep its
-    output and would see it change) switches this off."""
+    more for its activations than for their arithmetic on a CPU. Only while nothing else can hold those tensors: a
+    hook on the gate projection or the activation (torch's, global or per module, or a diffusers hook such as a step
+    cache given `gate_proj` as an identifier) keeps Qwen2's forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or self.gate_proj._forward_hooks:
+        if torch.is_grad_enabled() or self._watched():
             return super().forward(x)
         gate, up = self.gate_proj(x), self.up_proj(x)
-        gated = F.silu(gate, inplace=True) if isinstance(self.act_fn, SiLUActivation) else self.act_fn(gate)
+        gated = F.silu(gate, inplace=True) if type(self.act_fn) is SiLUActivation else self.act_fn(gate)
         product = gated.mul_(up) if gated.dtype == up.dtype else gated * up
         return self.down_proj(product)
+
+    def _watched(self) -> bool:
+        """Whether a hook may see (and keep) the gate projection's or the activation's output."""
+        if _global_forward_hooks:
+            return True
+        for module in (self.gate_proj, self.act_fn):
+            registry = getattr(module, "_diffusers_hook", None)
+            if module._forward_hooks or (registry is not None and registry.hooks):
+                return True
+        return False
 
 
 class LoomAttention(nn.Module):
