@@ -1,10 +1,10 @@
-"""Checks of numeric arguments shared by the pipeline, the converters and the trainers: each error names the
-argument and what is accepted."""
+"""Checks of numeric (and on/off) arguments shared by the pipeline, the converters and the trainers: each error names
+the argument and what is accepted."""
 
 import math
 from numbers import Real
 
-__all__ = ["check_number", "check_integer"]
+__all__ = ["check_number", "check_integer", "check_flag"]
 
 
 def check_number(
@@ -37,3 +37,9 @@ def check_integer(name: str, value, *, minimum: int, optional: bool = False) -> 
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
+
+
+def check_flag(name: str, value) -> None:
+    """`True` or `False` (a string such as "no" is truthy, so it would silently switch the option on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False; got {value!r}.")

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from contextlib import contextmanager, nullcontext
 
+import torch
 from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.utils import logging
@@ -52,6 +53,11 @@ def loom_cache_config(config, num_layers: int):
                 f"`TaylorSeerCacheConfig.{name}` must be an integer >= 1 (each image's first step must compute); got "
                 f"{value!r}."
             )
+    if not isinstance(config.taylor_factors_dtype, torch.dtype) or not config.taylor_factors_dtype.is_floating_point:
+        raise TypeError(
+            "`TaylorSeerCacheConfig.taylor_factors_dtype` must be a floating torch dtype (e.g. torch.float32); got "
+            f"{config.taylor_factors_dtype!r}."
+        )
     if config.cache_identifiers is None and config.skip_predict_identifiers is None and not config.use_lite_mode:
         last = num_layers - 1
         skipped = [rf"layers\.{index}" for index in range(last)]

@@ -26,7 +26,7 @@ from ..modeling.history import HISTORY_MODES, history_frame_indices
 from ..modeling.latents import encode_latents, pack_latents, unpack_latents
 from ..modeling.processing_loom import ENTITY_TOKENS
 from ..modeling.quantization import check_quantization_backend
-from ..number_checks import check_integer, check_number
+from ..number_checks import check_flag, check_integer, check_number
 from ..planning import format_plan, parse_plan, plan_instruction, step_turn
 from .context_blocks import ContextBlocks, ContextMark, ContextPiece
 from .frame_keeping import FrameKeeping, follow_kept_tokens, kept_tokens
@@ -921,6 +921,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         inputs,
         task: str,
         think: bool,
+        use_step_text: bool,
         plan,
         num_images_per_prompt: int,
         num_steps: int | None,
@@ -946,7 +947,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         repetition_penalty: float | None,
         eos_token_id,
         output_type: str,
+        return_dict: bool,
+        callback_on_step_end,
         callback_on_step_end_tensor_inputs,
+        callback_on_segment,
     ) -> "CallPlan":
         """Raise a clear error for every invalid argument, before any work starts.
 
@@ -956,6 +960,9 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         requests, batched = as_requests(inputs)
         if task not in TASKS:
             raise ValueError(f"`task` must be one of {TASKS}; got {task!r}.")
+        for name, flag in (("think", think), ("use_step_text", use_step_text), ("do_sample", do_sample)):
+            check_flag(name, flag)
+        check_flag("return_dict", return_dict)
         check_integer("num_images_per_prompt", num_images_per_prompt, minimum=1)
         if num_images_per_prompt > 1 and task != "image":
             raise ValueError(
@@ -999,8 +1006,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         check_integer("min_new_tokens", min_new_tokens, minimum=0, optional=True)
         if min_new_tokens is not None and min_new_tokens > max_new_tokens:
             raise ValueError(f"`min_new_tokens` ({min_new_tokens}) exceeds `max_new_tokens` ({max_new_tokens}).")
-        if do_sample:
-            check_number("temperature", temperature, minimum=0.0, exclusive_minimum=True)
+        # Greedy decoding ignores the temperature, but a non-finite or negative one is still a mistake.
+        check_number("temperature", temperature, minimum=0.0, exclusive_minimum=do_sample)
         check_integer("top_k", top_k, minimum=0, optional=True)
         check_number("top_p", top_p, minimum=0.0, maximum=1.0, exclusive_minimum=True, optional=True)
         check_number("repetition_penalty", repetition_penalty, minimum=0.0, exclusive_minimum=True, optional=True)
@@ -1012,7 +1019,18 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 raise ValueError(f"`eos_token_id` must be token ids in [0, {vocabulary}); got {eos_token_id!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
-        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        callbacks = {"callback_on_step_end": callback_on_step_end, "callback_on_segment": callback_on_segment}
+        for name, callback in callbacks.items():
+            if callback is not None and not callable(callback):
+                raise TypeError(f"`{name}` must be a callable (or None); got {type(callback).__name__}.")
+        if isinstance(callback_on_step_end_tensor_inputs, str) or not isinstance(
+            callback_on_step_end_tensor_inputs, (list, tuple)
+        ):
+            raise TypeError(
+                f"`callback_on_step_end_tensor_inputs` must be a list of names from {self._callback_tensor_inputs}; "
+                f"got {callback_on_step_end_tensor_inputs!r}."
+            )
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}; got {unknown}."
@@ -1124,8 +1142,20 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 f"{downsample}) (one noise per output); got "
                 f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}."
             )
+        if not latents.is_floating_point() or latents.device.type == "meta":
+            raise ValueError(
+                f"`latents` must be a real floating-point tensor holding values; got {latents.dtype} on "
+                f"{latents.device}."
+            )
         if not bool(torch.isfinite(latents).all()):
             raise ValueError("`latents` hold non-finite values (NaN or inf).")
+        stride, largest = self.latent_stride, self.max_image_side
+        size = (latents.shape[-2] * downsample, latents.shape[-1] * downsample)
+        if any(side < stride or side % stride or side > largest for side in size):
+            raise ValueError(
+                f"`latents` of shape {tuple(latents.shape)} give a {size[0]}x{size[1]} image; each side must be a "
+                f"positive multiple of {stride} of at most {largest} pixels."
+            )
 
     def _check_size(self, name: str, value: int | None) -> None:
         stride, largest = self.latent_stride, self.max_image_side
@@ -1304,6 +1334,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 inputs=inputs,
                 task=task,
                 think=think,
+                use_step_text=use_step_text,
                 plan=plan,
                 num_images_per_prompt=num_images_per_prompt,
                 num_steps=num_steps,
@@ -1329,7 +1360,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 repetition_penalty=repetition_penalty,
                 eos_token_id=eos_token_id,
                 output_type=output_type,
+                return_dict=return_dict,
+                callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                callback_on_segment=callback_on_segment,
             )
             if task != "text" and guidance_scale <= 1.0 < image_guidance_scale:
                 logger.warning("`image_guidance_scale` is ignored unless `guidance_scale` > 1 (BAGEL's guidance rule).")
