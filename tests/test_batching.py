@@ -345,6 +345,7 @@ BAD_BATCHES = [
     ({"guidance_interval": None}, ValueError, "`guidance_interval`"),
     ({"guidance_interval": (0.0, float("nan"))}, ValueError, "guidance_interval"),
     ({"timestep_shift": float("inf")}, ValueError, "`timestep_shift`"),
+    ({"timestep_shift": 1e300}, ValueError, "`timestep_shift` = 1e\\+300 collapses the 2-step schedule"),
     ({"latents": torch.full((2, 16, 8, 8), float("nan"))}, ValueError, "`latents`"),
     ({"latents": torch.full((2, 16, 8, 8), float("nan")), "task": "text"}, ValueError, "`latents`"),
     ({"latents": torch.randn(2, 16, 7, 7)}, ValueError, "`latents` of shape .* give a 56x56 image"),

@@ -186,6 +186,16 @@ class TutorialSettings:
     use_step_text: bool
 
 
+def distinct_shifted_timesteps(shift: float, num_inference_steps: int) -> bool:
+    """Whether the pipeline's schedule (`linspace(1, 0, N + 1)[:-1]`, shifted as the flow-match scheduler shifts it:
+    `shift·σ / (1 + (shift − 1)·σ)`) keeps N distinct float32 timesteps; an extreme shift maps them all to one."""
+    sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+    with np.errstate(all="ignore"):
+        shifted = shift * sigmas / (1 + (shift - 1) * sigmas)
+    timesteps = (shifted * 1000).astype(np.float32)
+    return bool(np.isfinite(timesteps).all() and (np.diff(timesteps) < 0).all())
+
+
 class LoomInterleavedPipeline(DiffusionPipeline):
     r"""
     Interleaved text-image generation with a Loom (or BAGEL) model, for one request or a batch of them.
@@ -996,6 +1006,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                 f"(task={task!r}, frame_keep_threshold={frame_keep_threshold}); pass a `frame_keep_threshold` > 0."
             )
         check_number("timestep_shift", timestep_shift, minimum=0.0, exclusive_minimum=True, optional=True)
+        if timestep_shift is not None and not distinct_shifted_timesteps(timestep_shift, num_inference_steps):
+            raise ValueError(
+                f"`timestep_shift` = {timestep_shift} collapses the {num_inference_steps}-step schedule: its shifted "
+                "timesteps are no longer distinct in float32 (BAGEL uses 3.0)."
+            )
         self._check_size("height", height)
         self._check_size("width", width)
         outputs = len(requests) * num_images_per_prompt
