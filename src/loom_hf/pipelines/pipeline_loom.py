@@ -1027,6 +1027,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         check_number("top_p", top_p, minimum=0.0, maximum=1.0, exclusive_minimum=True, optional=True)
         check_number("repetition_penalty", repetition_penalty, minimum=0.0, exclusive_minimum=True, optional=True)
         vocabulary = self.model.config.text_config.vocab_size
+        if isinstance(eos_token_id, (list, tuple)) and not eos_token_id:
+            raise ValueError("`eos_token_id` is an empty list; give token ids, or None for the model's own.")
         for token in eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]:
             if token is not None and (
                 isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocabulary
@@ -1053,7 +1055,8 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         sizes = [self._image_size(height, width, latents, request) for request in requests] if task != "text" else []
         # The masks' sizes can only be checked once the output sizes are known; their weights are kept for the call.
         weights = [self.entity_weights(m, *size) if m else None for m, size in zip(masks, sizes)]
-        self._check_prompt_lengths(requests)
+        decodes = task == "text" or think or (task == "interleaved" and any(steps is None for steps in plans))
+        self._check_prompt_lengths(requests, max_new_tokens if decodes else 0)
         return CallPlan(requests, batched, plans, weights, sizes, generators)
 
     def _check_tutorial_inputs(self, requests, batched, task, think, plan, num_steps, max_history_frames, history):
@@ -1129,6 +1132,11 @@ class LoomInterleavedPipeline(DiffusionPipeline):
                     f"{f' of {len(entity_masks)}' if isinstance(entity_masks, (list, tuple)) else ''}."
                 )
             per_request = list(entity_masks)
+            if all(masks is None for masks in per_request):
+                raise ValueError(
+                    "`entity_masks` holds no mask for any request, but `entity_guidance_scale` is set; give a dict for "
+                    "at least one request, or leave both out."
+                )
         else:
             per_request = [entity_masks]
         known = {self.processor.tokenizer.convert_ids_to_tokens(i) for i in self.model.config.entity_token_ids}
@@ -1202,14 +1210,20 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         self._check_size("width", size[1])
         return size
 
-    def _check_prompt_lengths(self, requests) -> None:
-        """A request's text must fit the model's positions (images are checked by their own size rules)."""
+    def _check_prompt_lengths(self, requests, decoded_tokens: int) -> None:
+        """A request's text, and the `decoded_tokens` the call may write after it, must fit the model's positions
+        (an image block takes one position; images are checked by their own size rules)."""
         limit = self.model.config.text_config.max_position_embeddings
         for index, request in enumerate(requests):
             tokens = sum(len(self._token_ids(item)) + 2 for item in request if isinstance(item, str))
             if tokens >= limit:
                 raise ValueError(
                     f"Request {index} holds {tokens} text tokens, more than the model's {limit} positions allow."
+                )
+            if tokens + decoded_tokens > limit:
+                raise ValueError(
+                    f"Request {index} holds {tokens} text tokens; with `max_new_tokens` = {decoded_tokens} its answer "
+                    f"could pass the model's {limit} positions. Lower `max_new_tokens` to {limit - tokens} or less."
                 )
 
     # ---------------------------------------------------------------- call
