@@ -370,7 +370,12 @@ BAD_BATCHES = [
     (
         {"entity_masks": [{"<upper>": np.full((64, 64), np.nan)}, None], "entity_guidance_scale": 5.0},
         ValueError,
-        "finite values",
+        r"`entity_masks\[0\]\['<upper>'\]` must hold finite values",
+    ),
+    (
+        {"entity_masks": [None, {"<upper>": np.ones((32, 32))}], "entity_guidance_scale": 5.0},
+        ValueError,
+        r"`entity_masks\[1\]\['<upper>'\]` must be 64x64",
     ),
 ]
 

@@ -760,15 +760,16 @@ class LoomInterleavedPipeline(DiffusionPipeline):
         scaled = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(scaled.to(self.vae.dtype), return_dict=False)[0].float()
 
-    def entity_weights(self, entity_masks: dict, height: int, width: int) -> torch.Tensor:
-        """Union of the entity masks at latent resolution: `(1, 1, height / 8, width / 8)` weights in [0, 1]."""
+    def entity_weights(self, entity_masks: dict, height: int, width: int, name: str = "entity_masks") -> torch.Tensor:
+        """Union of the entity masks at latent resolution: `(1, 1, height / 8, width / 8)` weights in [0, 1]; errors
+        name the masks `name[token]`."""
         downsample = self.model.config.vae_downsample
         masks = []
         for token, mask in entity_masks.items():
-            mask = entity_mask_array(token, mask)
+            mask = entity_mask_array(token, mask, name)
             if mask.shape != (height, width):
                 raise ValueError(
-                    f"`entity_masks[{token!r}]` must be {height}x{width} (the output image); got {tuple(mask.shape)}."
+                    f"`{name}[{token!r}]` must be {height}x{width} (the output image); got {tuple(mask.shape)}."
                 )
             masks.append(mask)
         union = torch.stack(masks).amax(dim=0)[None, None]
@@ -1054,7 +1055,10 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             )
         sizes = [self._image_size(height, width, latents, request) for request in requests] if task != "text" else []
         # The masks' sizes can only be checked once the output sizes are known; their weights are kept for the call.
-        weights = [self.entity_weights(m, *size) if m else None for m, size in zip(masks, sizes)]
+        weights = [
+            self.entity_weights(m, *size, name=f"entity_masks[{index}]" if batched else "entity_masks") if m else None
+            for index, (m, size) in enumerate(zip(masks, sizes))
+        ]
         decodes = task == "text" or think or (task == "interleaved" and any(steps is None for steps in plans))
         self._check_prompt_lengths(requests, max_new_tokens if decodes else 0)
         return CallPlan(requests, batched, plans, weights, sizes, generators)
@@ -1149,7 +1153,7 @@ class LoomInterleavedPipeline(DiffusionPipeline):
             for token, mask in masks.items():
                 if token not in known:
                     raise ValueError(f"`{name}` key {token!r} is not one of the model's entity tokens {sorted(known)}.")
-                entity_mask_array(token, mask)
+                entity_mask_array(token, mask, name)
         return per_request
 
     def _check_latents(self, latents, task: str, outputs: int) -> None:
@@ -1555,15 +1559,16 @@ def check_release_numbers(*, timestep_shift: float, max_frames: int) -> None:
     check_integer("max_frames", max_frames, minimum=0)
 
 
-def entity_mask_array(token: str, mask) -> torch.Tensor:
-    """An entity mask as a float `[H, W]` tensor in [0, 1] (a PIL mask is read as 8-bit grey levels)."""
+def entity_mask_array(token: str, mask, name: str = "entity_masks") -> torch.Tensor:
+    """An entity mask as a float `[H, W]` tensor in [0, 1] (a PIL mask is read as 8-bit grey levels); errors name it
+    `name[token]`."""
     if isinstance(mask, PIL.Image.Image):
         mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
     elif not isinstance(mask, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"`entity_masks[{token!r}]` must be a PIL image, array or tensor; got {type(mask).__name__}.")
+        raise TypeError(f"`{name}[{token!r}]` must be a PIL image, array or tensor; got {type(mask).__name__}.")
     values = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).float().squeeze()
     if values.ndim != 2:
-        raise ValueError(f"`entity_masks[{token!r}]` must be a 2D mask; got shape {tuple(values.shape)}.")
+        raise ValueError(f"`{name}[{token!r}]` must be a 2D mask; got shape {tuple(values.shape)}.")
     if not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or bool((values > 1).any()):
-        raise ValueError(f"`entity_masks[{token!r}]` must hold finite values in [0, 1].")
+        raise ValueError(f"`{name}[{token!r}]` must hold finite values in [0, 1].")
     return values
