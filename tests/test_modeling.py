@@ -387,6 +387,98 @@ def test_generate_answers_like_the_official_understanding_path(bagel_pipeline, f
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("options", [{"num_beams": 2}, {"do_sample": True, "num_return_sequences": 2}])
+def test_generate_with_several_outputs_gives_each_copy_its_own_image(tiny_pipe, options):
+    """Beams and several sampled answers repeat the packed ViT patches request by request: every copy's first logits
+    are the single answer's (transformers' row-wise repeat would interleave the patches of one image)."""
+    processor, model = tiny_pipe.processor, tiny_pipe.model
+    pixels = torch.Generator().manual_seed(0)
+    image = Image.fromarray((torch.rand(64, 48, 3, generator=pixels) * 255).to(torch.uint8).numpy())
+    inputs = processor(inputs=[image, "What is drawn here?"])
+    common = {"max_new_tokens": 1, "return_dict_in_generate": True, "output_logits": True}
+    single = model.generate(**inputs, do_sample=False, **common).logits[0]
+    several = model.generate(**inputs, **options, **common).logits[0]
+    assert several.shape[0] == 2
+    torch.testing.assert_close(several, single.expand_as(several), atol=1e-5, rtol=0)
+
+
+def test_cache_records_follow_crop_and_batch_operations(tiny_pipe):
+    """`crop` puts the position counter back after the kept tokens (the prefix built on its own agrees), and beam
+    reordering and repetition move the counter and the ids with the rows."""
+    processor, model = tiny_pipe.processor, tiny_pipe.model
+    image = Image.new("RGB", (64, 64), "red")
+    with torch.no_grad():
+        full, short = LoomCache(), LoomCache()
+        model(**processor(inputs=[image, "What is drawn here?"]), past_key_values=full, use_cache=True)
+        model(**processor(inputs=[image], add_generation_prompt=False), past_key_values=short, use_cache=True)
+        cropped = full.fork()
+        cropped.crop(short.get_seq_length() - full.get_seq_length())
+        assert cropped.next_position.tolist() == short.next_position.tolist()
+        assert torch.equal(cropped.token_ids, short.token_ids)
+        token = torch.tensor([[5]])
+        torch.testing.assert_close(
+            model(input_ids=token, past_key_values=cropped, use_cache=True).logits,
+            model(input_ids=token, past_key_values=short, use_cache=True).logits,
+            atol=1e-6,
+            rtol=0,
+        )
+        text = LoomCache()
+        model(**processor(text="Draw a red house"), past_key_values=text, use_cache=True)
+        stacked, _ = LoomCache.stack([full, text])
+        stacked.reorder_cache(torch.tensor([1, 0]))
+        assert stacked.next_position.tolist() == [text.next_position.item(), full.next_position.item()]
+        assert stacked.token_ids[0, -text.get_seq_length() :].tolist() == text.token_ids[0].tolist()
+        repeated = text.fork()
+        repeated.batch_repeat_interleave(2)
+        assert repeated.token_ids.shape[0] == 2 and repeated.positions.shape[0] == 2
+    with pytest.raises(ValueError, match=r"`caches\[0\]` holds several rows"):
+        LoomCache.stack([stacked, text])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda inputs: inputs.pop("image_grid_hw"), "`pixel_values` need `image_grid_hw`"),
+        (lambda inputs: inputs.pop("pixel_values"), "no `pixel_values` were given"),
+        ("embeds", "pass `block_ids`"),
+    ],
+)
+def test_forward_refuses_image_inputs_that_would_run_silently_wrong(tiny_pipe, change, message):
+    processor, model = tiny_pipe.processor, tiny_pipe.model
+    inputs = dict(processor(inputs=[Image.new("RGB", (64, 64), "red"), "What is drawn here?"]))
+    if change == "embeds":
+        inputs["inputs_embeds"] = model.get_input_embeddings()(inputs.pop("input_ids"))
+    else:
+        change(inputs)
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+
+
+@torch.no_grad()
+def test_generate_without_position_ids_takes_bagels(tiny_pipe):
+    """Without `position_ids`, `generate()` numbers the prompt as BAGEL does (an image block shares one position),
+    also when it continues a cache holding an image, and so answers as with the processor's positions."""
+    processor, model = tiny_pipe.processor, tiny_pipe.model
+    pixels = torch.Generator().manual_seed(1)
+    image = Image.fromarray((torch.rand(64, 64, 3, generator=pixels) * 255).to(torch.uint8).numpy())
+    inputs = dict(processor(inputs=[image, "What is drawn here?"]))
+    options = {"max_new_tokens": 6, "do_sample": False}
+    expected = model.generate(**inputs, **options)
+    without = {name: value for name, value in inputs.items() if name != "position_ids"}
+    assert torch.equal(model.generate(**without, **options), expected)
+    cache = LoomCache()
+    model(**inputs, past_key_values=cache, use_cache=True)
+    start = torch.tensor([[processor.tokenizer.convert_tokens_to_ids("<|im_start|>")]])
+    continued = torch.cat([cache.token_ids, start], dim=1)
+    reference_cache = cache.fork()
+    positions = torch.zeros_like(continued)
+    positions[:, -1] = cache.next_position
+    reference = model.generate(input_ids=continued, position_ids=positions, past_key_values=reference_cache, **options)
+    assert torch.equal(model.generate(input_ids=continued, past_key_values=cache, **options), reference)
+
+
+@torch.no_grad()
 def test_generate_text_only(tiny_pipe):
     processor, model = tiny_pipe.processor, tiny_pipe.model
     inputs = processor(text="Draw a red house")

@@ -2,7 +2,7 @@
 text decoding."""
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -21,6 +21,10 @@ class LoomCache(DynamicCache):
       cache length, because a whole image block shares one position.
     * `token_ids` (`[batch, length]`): the ids of the cached positions (image blocks hold their placeholder ids), so
       that text decoding from a cache shows its logits processors the whole sequence.
+    * `positions` (`[batch, length]`): the RoPE position of every cached token, so that [`crop`] knows where the
+      counter stands after the tokens it keeps.
+    * transformers' batch operations (`reorder_cache` for beam search, `batch_repeat_interleave`,
+      `batch_select_indices`) and `crop` keep `next_position`, `token_ids` and `positions` in step with the tensors.
     * [`read_only`]: inside this context, attention reads the cached keys plus the query's own keys but stores
       nothing. The noisy latents of an image being generated attend to the context this way at every denoising step.
     * [`fork`]: an independent copy that shares the cached tensors (they are never modified in place), used for the
@@ -28,10 +32,17 @@ class LoomCache(DynamicCache):
     * [`stack`]: several single-row caches as the rows of one batch, left-padded to the longest.
     """
 
-    def __init__(self, next_position: int | torch.Tensor = 0, token_ids: torch.Tensor | None = None, **kwargs):
+    def __init__(
+        self,
+        next_position: int | torch.Tensor = 0,
+        token_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.next_position = torch.as_tensor(next_position, dtype=torch.long).reshape(-1)
         self.token_ids = token_ids
+        self.positions = positions
         self._read_only = False
 
     @property
@@ -60,12 +71,54 @@ class LoomCache(DynamicCache):
         if self._read_only:
             return
         self.next_position = position_ids.amax(dim=-1) + 1
+        self.positions = position_ids if self.positions is None else torch.cat([self.positions, position_ids], dim=-1)
         if input_ids is not None:
             self.token_ids = input_ids if self.token_ids is None else torch.cat([self.token_ids, input_ids], dim=-1)
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """transformers' `crop` (a negative count removes that many tokens from the end); the counter goes back to
+        one past the last kept token's position (0 when none is kept)."""
+        super().crop(tokens_to_remove)
+        if tokens_to_remove == 0:
+            return
+        kept = self.get_seq_length()
+        if self.token_ids is not None:
+            self.token_ids = self.token_ids[:, :kept]
+        if self.positions is None:
+            raise ValueError("This LoomCache does not record its tokens' positions, so it cannot be cropped.")
+        self.positions = self.positions[:, :kept]
+        self.next_position = self.positions[:, -1] + 1 if kept else torch.zeros_like(self.next_position)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        rows = self._rows()
+        super().reorder_cache(beam_idx)
+        self._per_row(rows, lambda value: value.index_select(0, beam_idx.to(value.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        rows = self._rows()
+        super().batch_select_indices(indices)
+        self._per_row(rows, lambda value: value[indices.to(value.device)])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        rows = self._rows()
+        super().batch_repeat_interleave(repeats)
+        self._per_row(rows, lambda value: value.repeat_interleave(repeats, dim=0))
+
+    def _rows(self) -> int | None:
+        """The cached tensors' batch size (`None` while nothing is cached)."""
+        return self.layers[0].keys.shape[0] if self.get_seq_length() else None
+
+    def _per_row(self, rows: int | None, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """`change` applied to the records that hold one entry per row of the `rows` the tensors had (a one-entry
+        counter of a several-row cache is shared by all its rows and stays as it is)."""
+        for name in ("next_position", "token_ids", "positions"):
+            value = getattr(self, name)
+            if value is not None and rows is not None and value.shape[0] == rows:
+                setattr(self, name, change(value))
+
     def fork(self) -> "LoomCache":
         """A copy that can grow independently; cached tensors are shared, not duplicated."""
-        forked = LoomCache(next_position=self.next_position.clone(), token_ids=self.token_ids)
+        forked = LoomCache(next_position=self.next_position.clone(), token_ids=self.token_ids, positions=self.positions)
         forked.layers = [copy.copy(layer) for layer in self.layers]
         return forked
 
@@ -74,10 +127,11 @@ class LoomCache(DynamicCache):
         next token takes `next_position`: a context that branched off this one before its last pieces were written
         together with the rest."""
         prefix = self.fork()
-        prefix.crop(length - self.get_seq_length())
+        DynamicCache.crop(prefix, length - self.get_seq_length())
         prefix.next_position = torch.as_tensor(next_position, dtype=torch.long).reshape(-1).clone()
-        if self.token_ids is not None:
-            prefix.token_ids = self.token_ids[:, :length]
+        for name in ("token_ids", "positions"):
+            if getattr(self, name) is not None:
+                setattr(prefix, name, getattr(self, name)[:, :length])
         return prefix
 
     @classmethod
@@ -88,6 +142,9 @@ class LoomCache(DynamicCache):
         Left padding keeps every row's next tokens at the end, so one forward pass serves contexts of any lengths;
         padded keys are masked out and do not move RoPE positions (each row keeps its own `next_position`).
         """
+        for index, cache in enumerate(caches):
+            if cache.next_position.numel() > 1 or (cache._rows() or 1) > 1:
+                raise ValueError(f"`caches[{index}]` holds several rows; `LoomCache.stack` takes single-row caches.")
         lengths = [cache.get_seq_length() for cache in caches]
         longest = max(lengths)
         reference = next((cache for cache in caches if cache.get_seq_length() > 0), None)
@@ -99,7 +156,18 @@ class LoomCache(DynamicCache):
         for row, (cache, length) in enumerate(zip(caches, lengths)):
             if length and cache.token_ids is not None and cache.token_ids.shape[-1] == length:
                 ids[row, longest - length :] = cache.token_ids[0].to(device)
-        stacked = cls(next_position=torch.cat([cache.next_position.to(device) for cache in caches]), token_ids=ids)
+        positions = None
+        known = [
+            not length or (c.positions is not None and c.positions.shape[-1] == length)
+            for c, length in zip(caches, lengths)
+        ]
+        if all(known):
+            positions = torch.zeros(len(caches), longest, dtype=torch.long, device=device)
+            for row, (cache, length) in enumerate(zip(caches, lengths)):
+                if length:
+                    positions[row, longest - length :] = cache.positions[0].to(device)
+        next_position = torch.cat([cache.next_position.to(device) for cache in caches])
+        stacked = cls(next_position=next_position, token_ids=ids, positions=positions)
         if reference is None:
             return stacked, mask
         for layer_idx, layer in enumerate(reference.layers):

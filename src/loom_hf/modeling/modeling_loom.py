@@ -717,6 +717,7 @@ class LoomModel(LoomPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        self._check_image_inputs(input_ids, mm_token_type_ids, pixel_values, image_grid_hw, block_ids)
         # 1. Embed: token embeddings, with ViT and latent tokens merged in at their positions and frame embeddings
         token_types = mm_token_type_ids
         # Latent positions hold latents only when `latents` (or the caller's own embeddings) are given: otherwise every
@@ -769,6 +770,31 @@ class LoomModel(LoomPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    @staticmethod
+    def _check_image_inputs(input_ids, mm_token_type_ids, pixel_values, image_grid_hw, block_ids) -> None:
+        """Refuse what would run silently wrong: ViT patches without their grids, ViT positions of a prompt without
+        `pixel_values` (they would hold the placeholder's embedding), and images given as `inputs_embeds` without
+        `block_ids` (without the markers in `input_ids` the image blocks cannot be found, so they would attend
+        causally instead of bidirectionally; embeddings may hold the ViT features already). A decoded token is never
+        checked."""
+        if pixel_values is not None and image_grid_hw is None:
+            raise ValueError(
+                "`pixel_values` need `image_grid_hw` (the patch grid of each image; the processor gives both)."
+            )
+        if mm_token_type_ids is None or mm_token_type_ids.shape[-1] == 1:
+            return
+        images = mm_token_type_ids != TokenType.TEXT.value
+        if input_ids is not None and pixel_values is None and bool((mm_token_type_ids == TokenType.VIT.value).any()):
+            raise ValueError(
+                "`mm_token_type_ids` mark ViT positions but no `pixel_values` were given; pass the processor's whole "
+                "output."
+            )
+        if input_ids is None and block_ids is None and bool(images.any()):
+            raise ValueError(
+                "With `inputs_embeds` holding image positions, pass `block_ids` (`image_block_ids(input_ids, ...)`): "
+                "without `input_ids` the image blocks cannot be found."
+            )
 
     @staticmethod
     def _scatter(inputs_embeds: torch.Tensor, positions: torch.BoolTensor, features: torch.Tensor, name: str):
@@ -933,6 +959,59 @@ class LoomForInterleavedGeneration(LoomPreTrainedModel, GenerationMixin, LoomSte
         if past_key_values is None and not self._requests_static_cache(kwargs):
             past_key_values = LoomCache()
         return super().generate(*args, past_key_values=past_key_values, **kwargs)
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **kwargs
+    ):
+        """transformers repeats every input along its first dimension for `num_beams` / `num_return_sequences`; the
+        packed ViT inputs (`pixel_values`: the patches of every image of the batch, `image_grid_hw`: one row per image)
+        are repeated request by request instead, so that each copy of a request keeps its own images in order."""
+        pixel_values, grids = kwargs.pop("pixel_values", None), kwargs.pop("image_grid_hw", None)
+        if expand_size > 1 and pixel_values is not None:
+            if grids is None:
+                raise ValueError("`pixel_values` were given without `image_grid_hw` (the processor returns both).")
+            token_types = kwargs.get("mm_token_type_ids")
+            vit = (
+                token_types == TokenType.VIT.value
+                if token_types is not None
+                else input_ids == self.config.image_token_id
+            )
+            patches_per_request = vit.sum(dim=-1).tolist()
+            patches_per_image = (grids[:, 0] * grids[:, 1]).tolist()
+            images_per_request, image = [], 0
+            for patches in patches_per_request:
+                start = image
+                while patches > 0 and image < len(patches_per_image):
+                    patches -= patches_per_image[image]
+                    image += 1
+                if patches != 0:
+                    raise ValueError("`pixel_values` and `image_grid_hw` do not match the prompt's image positions.")
+                images_per_request.append(image - start)
+            pixel_values = torch.cat(
+                [chunk.repeat(expand_size, 1) for chunk in pixel_values.split(patches_per_request)]
+            )
+            grids = torch.cat([chunk.repeat(expand_size, 1) for chunk in grids.split(images_per_request)])
+        input_ids, kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **kwargs)
+        if pixel_values is not None:
+            kwargs["pixel_values"], kwargs["image_grid_hw"] = pixel_values, grids
+        return input_ids, kwargs
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs: dict) -> torch.LongTensor:
+        """BAGEL positions for a prompt given without them (transformers would number its tokens 0, 1, 2, ..., but a
+        whole image block shares one position): the blocks come from the prompt's markers, and the new tokens
+        continue a given cache's counter (the cached part of the ids is never read again)."""
+        input_ids = model_kwargs.get("input_ids", inputs_tensor)
+        if input_ids is None or input_ids.ndim != 2 or input_ids.is_floating_point():  # embeddings: no markers to read
+            return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+        cache = model_kwargs.get("past_key_values")
+        cached = cache.get_seq_length() if cache is not None else 0
+        mask = model_kwargs.get("attention_mask")
+        blocks = image_block_ids(
+            input_ids[:, cached:], self.config.vision_start_token_id, self.config.vision_end_token_id
+        )
+        padding = mask if mask is not None and mask.ndim == 2 else None
+        positions = rope_position_ids(blocks, next_positions(cache).to(input_ids.device), padding)
+        return torch.cat([torch.zeros_like(input_ids[:, :cached]), positions], dim=-1)
 
     def _requests_static_cache(self, generate_kwargs: dict) -> bool:
         """Whether `generate()` will use a static cache: a call argument, else the call's config, else the model's
