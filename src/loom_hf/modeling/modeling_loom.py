@@ -784,13 +784,12 @@ class LoomModel(LoomPreTrainedModel):
             )
         if mm_token_type_ids is None or mm_token_type_ids.shape[-1] == 1:
             return
-        images = mm_token_type_ids != TokenType.TEXT.value
         if input_ids is not None and pixel_values is None and bool((mm_token_type_ids == TokenType.VIT.value).any()):
             raise ValueError(
                 "`mm_token_type_ids` mark ViT positions but no `pixel_values` were given; pass the processor's whole "
                 "output."
             )
-        if input_ids is None and block_ids is None and bool(images.any()):
+        if input_ids is None and block_ids is None and bool((mm_token_type_ids != TokenType.TEXT.value).any()):
             raise ValueError(
                 "With `inputs_embeds` holding image positions, pass `block_ids` (`image_block_ids(input_ids, ...)`): "
                 "without `input_ids` the image blocks cannot be found."
